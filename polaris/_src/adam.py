@@ -21,7 +21,12 @@ class ScaleByAdamState(NamedTuple):
 
 @combinator
 def scale_by_adam(
-    *, b1: float = 0.9, b2: float = 0.999, eps: float = 1.0e-8, eps_root: float = 1.0e-15
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1.0e-8,
+    eps_root: float = 1.0e-15,
+    nesterov: bool = False,
 ) -> Transform:
     """Scales updates by Adam's bias-corrected moments.
 
@@ -36,12 +41,16 @@ def scale_by_adam(
       b2: decay of the second moment (0.999).
       eps: added outside the square root (1e-8).
       eps_root: added inside the square root (Polaris default 1e-15; Optax's is 0.0).
+      nesterov: use Nadam's Nesterov momentum (False), as Optax's ``nesterov=True``:
+        :math:`\hat m_t = \beta_1 m_t/(1-\beta_1^{t+1}) + (1-\beta_1) g_t/(1-\beta_1^t)`.
 
     Compiled signature: state ``count`` (int32), ``mu/...``, ``nu/...`` (float32, mirroring params).
 
     References:
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
-      https://arxiv.org/abs/1412.6980
+      https://arxiv.org/abs/1412.6980;
+      Dozat, "Incorporating Nesterov Momentum into Adam", ICLR workshop 2016.
+      https://openreview.net/pdf?id=OM0jvwB8jIp57ZJjtNEZ
     """
 
     def init(params):
@@ -54,7 +63,14 @@ def scale_by_adam(
         mu = tu.update_moment(updates, state.mu, b1, 1)
         nu = tu.update_moment(updates, state.nu, b2, 2)
         count = tu.safe_increment(state.count)
-        mu_hat = tu.bias_correction(mu, b1, count)
+        if nesterov:
+            mu_hat = jax.tree.map(
+                lambda m, g: b1 * m + (1 - b1) * g,
+                tu.bias_correction(mu, b1, tu.safe_increment(count)),
+                tu.bias_correction(tu.cast_like(updates, mu), b1, count),
+            )
+        else:
+            mu_hat = tu.bias_correction(mu, b1, count)
         nu_hat = tu.bias_correction(nu, b2, count)
         out = jax.tree.map(lambda m, v: m / (jnp.sqrt(v + eps_root) + eps), mu_hat, nu_hat)
         return tu.cast_like(out, updates), ScaleByAdamState(count=count, mu=mu, nu=nu)

@@ -49,3 +49,36 @@ def cast_like(updates, like):
 def scalar(value, dtype=STATE_DTYPE):
     """A hyperparameter as a 0-d array of ``dtype``."""
     return jnp.asarray(value, dtype)
+
+
+def safe_norm(x, min_norm):
+    """``max(||x||, min_norm)`` with a gradient that is finite at ``x = 0`` (Optax's ``safe_norm``)."""
+    x = jnp.asarray(x)
+    norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(STATE_DTYPE))))
+    masked = jnp.where(norm <= min_norm, jnp.ones_like(x), x)
+    masked_norm = jnp.sqrt(jnp.sum(jnp.square(masked.astype(STATE_DTYPE))))
+    return jnp.where(norm <= min_norm, jnp.asarray(min_norm, STATE_DTYPE), masked_norm)
+
+
+def safe_rms(x, min_rms):
+    """``max(rms(x), min_rms)`` with a gradient that is finite at ``x = 0``."""
+    x = jnp.asarray(x).astype(STATE_DTYPE)
+    rms = jnp.sqrt(jnp.mean(jnp.square(x)))
+    masked = jnp.where(rms <= min_rms, jnp.ones_like(x), x)
+    return jnp.where(
+        rms <= min_rms, jnp.asarray(min_rms, STATE_DTYPE), jnp.sqrt(jnp.mean(jnp.square(masked)))
+    )
+
+
+def global_norm(tree):
+    """``sqrt(sum over leaves of sum(x**2))``, accumulated in float32."""
+    leaves = jax.tree.leaves(tree)
+    total = jnp.zeros([], STATE_DTYPE)
+    for x in leaves:
+        total = total + jnp.sum(jnp.square(jnp.asarray(x).astype(STATE_DTYPE)))
+    return jnp.sqrt(total)
+
+
+def count_f32(count):
+    """An int32 step counter as a float32 scalar (for ``b ** t``)."""
+    return jnp.asarray(count).astype(STATE_DTYPE)
