@@ -292,3 +292,32 @@ def hyperparameter_leaves(state: State, prefix: str = "") -> list[tuple[str, str
 
     walk(state, [])
     return found
+
+
+def transform_names(tx: Transform) -> list[str]:
+    """Best-effort names of a composition's members (``["scale_by_adam", "scale_by_learning_rate"]``).
+
+    Read from the builder that created each member's functions; ``"custom"`` where unknown.
+    """
+    return [_member_name(m) for m in _members(tx)]
+
+
+def _member_name(tx: Transform) -> str:
+    skip = {"stateless", "stateful", "identity", "combinator", "wrapper"}
+    candidates = [tx.init, tx.update]
+    for fn in list(candidates):
+        for cell in getattr(fn, "__closure__", None) or ():
+            try:
+                v = cell.cell_contents
+            except ValueError:
+                continue
+            if callable(v):
+                candidates.append(v)
+    for fn in candidates:
+        qual = getattr(fn, "__qualname__", "")
+        head = qual.split(".<locals>.")[0] if ".<locals>." in qual else ""
+        if head and head not in skip:
+            return head
+    if tx.init.__qualname__.startswith("identity."):
+        return "identity"
+    return "custom"

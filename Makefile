@@ -1,0 +1,42 @@
+# Every target does its own set-up on a fresh machine: it creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: all setup test test-all demo bench artifacts clean
+
+all: test
+
+$(STAMP): pyproject.toml runtime/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -e ./runtime -e '.[test,bench]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## make test: the test suite (slow sweeps excluded; they run in `make bench`)
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q
+
+## make test-all: everything, slow sweeps included
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+## make demo: compile adam and a small MLP's loss/gradient, then train with the runtime alone
+demo: $(STAMP)
+	$(PY) examples/mlp_demo.py
+
+## make bench: benchmarks (writes bench/results/)
+bench: $(STAMP)
+	$(PY) -m pytest -m slow -q
+	$(PY) bench/run.py
+
+## make artifacts: rebuild the versioned catalog in artifacts/
+artifacts: $(STAMP)
+	$(PY) -m polaris_compiler.catalog build
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info out .cache

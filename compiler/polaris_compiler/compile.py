@@ -1,0 +1,342 @@
+"""From an optimizer and a layout to a self-describing ``.vmfb``.
+
+``compile_optimizer`` traces ``init``, ``update`` and ``step`` with ``jax.export``, merges them
+into one module, embeds the manifest as reflection metadata and runs ``iree-compile``.
+``compile_functions`` does the same for arbitrary functions of named input groups (the demo's
+loss-and-gradient module).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from polaris._src.apply import apply_updates
+from polaris._src.base import Transform, hyperparameter_leaves, transform_names, tree_leaves_with_names
+from polaris_compiler import versions
+from polaris_compiler.errors import CompileError
+from polaris_compiler.export import export_text, manifest_reflection, merge_modules
+from polaris_compiler.layout import Layout
+from polaris_compiler.options import CompileOptions, build_flags
+from polaris_runtime.manifest import SCHEMA, SCHEMA_VERSION, Manifest
+
+
+@dataclasses.dataclass
+class Artifact:
+    """A compiled module: the ``.vmfb`` bytes, its manifest and the MLIR it came from."""
+
+    vmfb: bytes
+    manifest: dict[str, Any]
+    mlir: str
+    flags: list[str]
+    seconds: float = 0.0
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def save(self, path: str | os.PathLike) -> pathlib.Path:
+        """Writes the ``.vmfb`` atomically (temporary file, fsync, rename)."""
+        p = pathlib.Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.vmfb)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+        except BaseException:
+            pathlib.Path(tmp).unlink(missing_ok=True)
+            raise
+        return p
+
+
+def _spec(name: str, s: jax.ShapeDtypeStruct) -> dict:
+    shape = [d if isinstance(d, int) else str(d) for d in s.shape]
+    return {"name": name, "shape": shape, "dtype": jnp.dtype(s.dtype).name}
+
+
+def _json_safe(v: Any) -> Any:
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if callable(v):
+        return repr(v)
+    return repr(v)
+
+
+def compile_optimizer(
+    tx: Transform,
+    layout: Layout,
+    options: CompileOptions = CompileOptions(),
+    *,
+    name: str = "custom",
+    optimizer_options: dict[str, Any] | None = None,
+) -> Artifact:
+    """Compiles ``tx`` for ``layout`` into a module exporting ``init``, ``update`` and ``step``.
+
+    Args:
+      tx: the transform (``polaris.optimizers.adam(...)`` or any composition).
+      layout: parameter names, shapes and dtypes (:class:`Layout`).
+      options: target and flags (:class:`CompileOptions`).
+      name: recorded in the manifest as the optimizer's name.
+      optimizer_options: recorded in the manifest (the full option set, defaults included).
+    """
+    params_tree = layout.tree
+    p_leaves, p_def = jax.tree.flatten(params_tree)
+    state_shape = jax.eval_shape(tx.init, params_tree)
+    s_leaves, s_def = jax.tree.flatten(state_shape)
+    n_p, n_s = len(p_leaves), len(s_leaves)
+
+    def unflat_p(xs):
+        return jax.tree.unflatten(p_def, list(xs))
+
+    def unflat_s(xs):
+        return jax.tree.unflatten(s_def, list(xs))
+
+    def init_fn(*p):
+        return tuple(jax.tree.leaves(tx.init(unflat_p(p))))
+
+    def update_fn(*args):
+        g, s, p = args[:n_p], args[n_p : n_p + n_s], args[n_p + n_s :]
+        u, s2 = tx.update(unflat_p(g), unflat_s(s), unflat_p(p))
+        return (*jax.tree.leaves(u), *_check_state(s_def, s_leaves, s2))
+
+    def step_fn(*args):
+        p, g, s = args[:n_p], args[n_p : 2 * n_p], args[2 * n_p :]
+        params = unflat_p(p)
+        u, s2 = tx.update(unflat_p(g), unflat_s(s), params)
+        return (*jax.tree.leaves(apply_updates(params, u)), *_check_state(s_def, s_leaves, s2))
+
+    t0 = time.perf_counter()
+    parts = {
+        "init": export_text(init_fn, p_leaves),
+        "update": export_text(update_fn, [*p_leaves, *s_leaves, *p_leaves], donate=range(n_p, n_p + n_s)),
+        "step": export_text(step_fn, [*p_leaves, *p_leaves, *s_leaves], donate=[*range(n_p), *range(2 * n_p, 2 * n_p + n_s)]),
+    }
+    param_names = [n for n, _ in layout.leaves()]
+    state_names = [n for n, _ in tree_leaves_with_names(state_shape)]
+    hps = _hyperparameters(tx, layout, state_shape, state_names)
+    flags = build_flags(options)
+    manifest = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "kind": "optimizer",
+        "name": name,
+        "options": {k: _json_safe(v) for k, v in (optimizer_options or {}).items()},
+        "composition": transform_names(tx),
+        "layout": layout.kind,
+        "layout_source": layout.source,
+        "groups": {
+            "params": [_spec(n, s) for n, s in zip(param_names, p_leaves, strict=True)],
+            "state": [_spec(n, s) for n, s in zip(state_names, s_leaves, strict=True)],
+        },
+        "functions": {
+            "init": {"inputs": ["params"], "outputs": ["state"]},
+            "update": {"inputs": ["grads", "state", "params"], "outputs": ["updates", "state"], "donates": ["state"]},
+            "step": {"inputs": ["params", "grads", "state"], "outputs": ["params", "state"], "donates": ["params", "state"]},
+        },
+        "hyperparameters": hps,
+        "target": _target_record(options, flags),
+        "versions": versions.all_versions(),
+    }
+    return _finish(parts, manifest, options, flags, t0)
+
+
+def _check_state(s_def, s_leaves, new_state):
+    leaves, new_def = jax.tree.flatten(new_state)
+    if new_def != s_def:
+        raise TypeError(
+            f"the transform's update returned a state of another structure than its init:\n"
+            f"  init:   {s_def}\n  update: {new_def}"
+        )
+    out = []
+    for ref, x in zip(s_leaves, leaves, strict=True):
+        if jnp.dtype(x.dtype) != jnp.dtype(ref.dtype):
+            raise TypeError(
+                f"the transform's update changed a state leaf's dtype from {ref.dtype} to {x.dtype}; "
+                f"state dtypes must be stable (cast with .astype in the transform)"
+            )
+        out.append(x)
+    return out
+
+
+def _hyperparameters(tx, layout: Layout, state_shape, state_names) -> list[dict]:
+    found = hyperparameter_leaves(state_shape)
+    if not found:
+        return []
+    index = {n: i for i, n in enumerate(state_names)}
+    wanted = [index[leaf] for _, leaf in found]
+    if layout.kind == "flat":
+        shapes = jax.ShapeDtypeStruct((1,), layout.tree.dtype)
+    else:
+        shapes = layout.tree
+
+    def values():
+        example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        leaves = jax.tree.leaves(tx.init(example))
+        return [leaves[i] for i in wanted]
+
+    vals = jax.jit(values)()
+    names = [f for f, _ in found]
+    out = []
+    for (field, leaf), v in zip(found, vals, strict=True):
+        label = field if names.count(field) == 1 else leaf
+        out.append({"name": label, "leaf": leaf, "default": float(v), "dtype": jnp.dtype(v.dtype).name})
+    return out
+
+
+def _target_record(options: CompileOptions, flags: list[str]) -> dict:
+    o = options.resolved()
+    rec = {"name": o.target.value, "backend": o.target.backend, "driver": o.target.driver, "flags": flags}
+    if o.target.value == "llvm-cpu":
+        rec["cpu"] = o.cpu
+        if o.cpu_triple:
+            rec["triple"] = o.cpu_triple
+    elif o.target.value == "cuda":
+        rec["arch"] = o.cuda_arch
+    elif o.target.value == "vulkan":
+        rec["arch"] = o.vulkan_target
+    notes = options.notes()
+    if notes:
+        rec["notes"] = notes
+    return rec
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionEntry:
+    """A function of named input groups returning a dict of named output groups."""
+
+    fn: Callable[..., dict[str, Any]]
+    inputs: dict[str, Any]  # group name -> pytree of ShapeDtypeStruct
+    donate: tuple[str, ...] = ()
+
+
+def compile_functions(
+    entries: dict[str, FunctionEntry],
+    options: CompileOptions = CompileOptions(),
+    *,
+    name: str = "functions",
+) -> Artifact:
+    """Compiles plain functions (e.g. a model's loss and gradient) into one self-describing module.
+
+    Each function takes its input groups as keyword arguments (pytrees) and returns a dict of
+    output groups; leaves are flattened group by group, in the order the dicts list them. A group
+    name used by several functions must have the same leaves in each.
+    """
+    groups: dict[str, list[dict]] = {}
+    functions: dict[str, dict] = {}
+    parts: dict[str, str] = {}
+    t0 = time.perf_counter()
+
+    def add_group(g: str, tree) -> None:
+        specs = [_spec(n, s) for n, s in tree_leaves_with_names(tree)]
+        if not specs and isinstance(tree, jax.ShapeDtypeStruct):
+            specs = [_spec(g, tree)]
+        if g in groups and groups[g] != specs:
+            raise ValueError(f"compile_functions: group {g!r} has different leaves in two functions")
+        groups[g] = specs
+
+    for fname, e in entries.items():
+        in_names = list(e.inputs)
+        in_defs, in_leaves = [], []
+        for g in in_names:
+            leaves, tdef = jax.tree.flatten(e.inputs[g])
+            in_defs.append((g, tdef, len(leaves)))
+            in_leaves.extend(leaves)
+            add_group(g, e.inputs[g])
+        out_shape = jax.eval_shape(lambda **kw: e.fn(**kw), **e.inputs)
+        if not isinstance(out_shape, dict):
+            raise TypeError(f"compile_functions: {fname} must return a dict of output groups")
+        out_names = list(out_shape)
+        for g in out_names:
+            add_group(g, out_shape[g])
+
+        def flat_fn(*args, _e=e, _defs=in_defs, _outs=out_names):
+            kw, i = {}, 0
+            for g, tdef, n in _defs:
+                kw[g] = jax.tree.unflatten(tdef, list(args[i : i + n]))
+                i += n
+            res = _e.fn(**kw)
+            return tuple(leaf for g in _outs for leaf in jax.tree.leaves(res[g]))
+
+        donate_idx, i = [], 0
+        for g, _, n in in_defs:
+            if g in e.donate:
+                donate_idx.extend(range(i, i + n))
+            i += n
+        parts[fname] = export_text(flat_fn, in_leaves, donate=donate_idx)
+        functions[fname] = {"inputs": in_names, "outputs": out_names, "donates": list(e.donate)}
+
+    flags = build_flags(options)
+    manifest = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "kind": "function",
+        "name": name,
+        "layout": "function",
+        "groups": groups,
+        "functions": functions,
+        "hyperparameters": [],
+        "target": _target_record(options, flags),
+        "versions": versions.all_versions(),
+    }
+    return _finish(parts, manifest, options, flags, t0)
+
+
+def _finish(parts, manifest, options: CompileOptions, flags, t0) -> Artifact:
+    Manifest.from_dict(manifest)  # the runtime's parser is the definition of the format
+    refl = manifest_reflection(manifest)
+    mlir = merge_modules(parts, {entry: refl for entry in parts})
+    temps = options.save_temps or os.environ.get("POLARIS_SAVE_TEMPS") or None
+    if temps:
+        _save_temps(temps, parts, mlir, flags, manifest)
+    vmfb = _iree_compile(mlir, options, flags, temps)
+    return Artifact(vmfb, manifest, mlir, flags, time.perf_counter() - t0, options.notes())
+
+
+def _save_temps(d: str, parts, mlir, flags, manifest) -> None:
+    p = pathlib.Path(d)
+    p.mkdir(parents=True, exist_ok=True)
+    for entry, text in parts.items():
+        (p / f"{entry}.stablehlo.mlir").write_text(text)
+    (p / "module.mlir").write_text(mlir)
+    (p / "flags.txt").write_text("\n".join(flags) + "\n")
+    (p / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _iree_compile(mlir: str, options: CompileOptions, flags: list[str], temps: str | None) -> bytes:
+    import iree.compiler as ic
+
+    backend_flag = f"--iree-hal-target-backends={options.target.backend}"
+    extra = [f for f in flags if f != backend_flag and not f.startswith("--iree-input-type=")]
+    try:
+        return ic.compile_str(
+            mlir,
+            target_backends=[options.target.backend],
+            input_type="stablehlo",
+            extra_args=extra,
+        )
+    except ic.CompilerToolError as e:
+        diag = getattr(e, "stderr_text", None) or str(e)
+        raise CompileError(
+            f"iree-compile failed for target {options.target.value}", flags=flags, diagnostics=diag, temps=temps
+        ) from None
+
+
+def options_digest(optimizer_options: dict[str, Any]) -> str:
+    """A short, stable digest of an option set (used in default file names)."""
+    text = json.dumps({k: _json_safe(v) for k, v in sorted(optimizer_options.items())}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]

@@ -1,0 +1,110 @@
+"""Compile options and the pure function from options to ``iree-compile`` flags.
+
+``build_flags`` has no side effects and needs no compiler installed, so it is unit-tested alone
+(the shape of IREE's own ``iree.compiler.core`` / iree-turbine's ``CompilerOptions``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from polaris._src.errors import OptionError
+
+
+class Target(enum.Enum):
+    """A compile target: the name users type and IREE's HAL backend."""
+
+    LLVM_CPU = "llvm-cpu"
+    CUDA = "cuda"
+    VULKAN = "vulkan"
+    ROCM = "rocm"
+    METAL = "metal"
+
+    @property
+    def backend(self) -> str:
+        return {
+            Target.LLVM_CPU: "llvm-cpu",
+            Target.CUDA: "cuda",
+            Target.VULKAN: "vulkan-spirv",
+            Target.ROCM: "rocm",
+            Target.METAL: "metal-spirv",
+        }[self]
+
+    @property
+    def driver(self) -> str:
+        """The IREE runtime driver that runs this target by default."""
+        return {
+            Target.LLVM_CPU: "local-task",
+            Target.CUDA: "cuda",
+            Target.VULKAN: "vulkan",
+            Target.ROCM: "hip",
+            Target.METAL: "metal",
+        }[self]
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        aliases = {"cpu": "llvm-cpu", "vulkan-spirv": "vulkan", "hip": "rocm", "metal-spirv": "metal"}
+        t = aliases.get(text.strip().lower(), text.strip().lower())
+        for member in cls:
+            if member.value == t:
+                return member
+        raise OptionError(
+            f"unknown target {text!r}; valid targets: {', '.join(m.value for m in cls)}"
+        )
+
+
+# IREE 3.13 has no Hopper entry in its NVIDIA target table: sm_90/sm_90a fail with "missing GPU
+# target in #hal.executable.target" (upstream #22147, #24477). sm_80 PTX is JIT-compiled by the
+# driver on Hopper and ran as fast as a hand-declared sm_90 target (docs/targets.md).
+CUDA_FALLBACK = {"sm_90": "sm_80", "sm_90a": "sm_80", "hopper": "sm_80", "sm_100": "sm_80"}
+CUDA_ARCHS = ("sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_89", "ampere", "ada", "turing", "volta")
+VULKAN_TARGETS = ("ampere", "ada", "turing", "rdna3", "rdna2", "valhall", "adreno", "generic")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileOptions:
+    """How to compile: target, its architecture choice, extra flags, where to keep temps."""
+
+    target: Target = Target.LLVM_CPU
+    cpu: str = "host"  # --iree-llvmcpu-target-cpu (host, a CPU name such as znver3, or generic)
+    cpu_triple: str | None = None  # e.g. aarch64-unknown-linux-gnu
+    cuda_arch: str = "sm_80"
+    vulkan_target: str = "ampere"
+    rocm_arch: str = "gfx942"
+    extra_args: tuple[str, ...] = ()
+    save_temps: str | None = None
+
+    def resolved(self) -> CompileOptions:
+        """Options with fallbacks applied (e.g. Hopper CUDA names to sm_80 PTX)."""
+        if self.target is Target.CUDA and self.cuda_arch in CUDA_FALLBACK:
+            return dataclasses.replace(self, cuda_arch=CUDA_FALLBACK[self.cuda_arch])
+        return self
+
+    def notes(self) -> list[str]:
+        """Human-readable notes about fallbacks taken."""
+        if self.target is Target.CUDA and self.cuda_arch in CUDA_FALLBACK:
+            return [
+                f"cuda: IREE 3.13 has no {self.cuda_arch} target (upstream #22147); compiled "
+                f"{CUDA_FALLBACK[self.cuda_arch]} PTX instead, which the driver JIT-compiles for "
+                f"the newer GPU"
+            ]
+        return []
+
+
+def build_flags(opts: CompileOptions) -> list[str]:
+    """``iree-compile`` flags for ``opts`` (input type and target backend included)."""
+    o = opts.resolved()
+    flags = ["--iree-input-type=stablehlo", f"--iree-hal-target-backends={o.target.backend}"]
+    if o.target is Target.LLVM_CPU:
+        flags.append(f"--iree-llvmcpu-target-cpu={o.cpu}")
+        if o.cpu_triple:
+            flags.append(f"--iree-llvmcpu-target-triple={o.cpu_triple}")
+    elif o.target is Target.CUDA:
+        flags.append(f"--iree-cuda-target={o.cuda_arch}")
+    elif o.target is Target.VULKAN:
+        flags.append(f"--iree-vulkan-target={o.vulkan_target}")
+    elif o.target is Target.ROCM:
+        flags.append(f"--iree-hip-target={o.rocm_arch}")
+    flags.extend(o.extra_args)
+    return flags

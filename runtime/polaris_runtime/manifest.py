@@ -1,0 +1,171 @@
+"""The manifest: how a polaris-iree module describes itself (schema version 1).
+
+The compiler embeds this JSON in the module as the ``polaris.manifest`` reflection attribute of
+every exported function, so a ``.vmfb`` alone is enough to use it. This module is the one
+definition of the format: the compiler writes dicts that :meth:`Manifest.from_dict` must accept.
+
+Leaf order (the ABI): parameters are flattened in JAX's order (dict keys sorted, depth first) and
+named by their path joined with ``/``; the optimizer state likewise (``0/mu/w``: member 0 of the
+chain, field ``mu``, parameter ``w``). Signatures::
+
+    init(params...)                      -> (state...)
+    update(grads..., state..., params...) -> (updates..., state...)   # state donated
+    step(params..., grads..., state...)   -> (params..., state...)    # params and state donated
+
+A dimension given as a string (``"n"``) is dynamic; every leaf naming the same symbol must have
+the same length at run time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from polaris_runtime.errors import ModuleError, SchemaVersionError
+
+SCHEMA = "polaris-iree/manifest"
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+REFLECTION_KEY = "polaris.manifest"
+
+DTYPES = ("float32", "float16", "bfloat16", "int32", "uint32", "int8", "bool")
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafSpec:
+    """One array of a signature: its name, shape (ints, or strings for dynamic dims) and dtype."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LeafSpec:
+        return cls(str(d["name"]), tuple(d["shape"]), str(d["dtype"]))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @property
+    def is_dynamic(self) -> bool:
+        return any(isinstance(d, str) for d in self.shape)
+
+    def shape_str(self) -> str:
+        return "(" + ", ".join(str(d) for d in self.shape) + ("," if len(self.shape) == 1 else "") + ")"
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyperparameter:
+    """A tunable hyperparameter: a scalar state leaf a host may change between steps."""
+
+    name: str
+    leaf: str
+    default: float
+    dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionSpec:
+    """An exported function: the groups of leaves it takes and returns, and what it donates."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    donates: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """The parsed manifest of a module."""
+
+    schema_version: int
+    kind: str  # "optimizer" or "function"
+    name: str
+    options: dict[str, Any]
+    composition: tuple[str, ...]
+    layout: str  # "tree" or "flat" (optimizers); "function" otherwise
+    groups: dict[str, tuple[LeafSpec, ...]]  # "params", "state", or a function's own groups
+    functions: dict[str, FunctionSpec]
+    hyperparameters: tuple[Hyperparameter, ...]
+    target: dict[str, Any]
+    versions: dict[str, str]
+    raw: dict[str, Any]
+
+    @property
+    def params(self) -> tuple[LeafSpec, ...]:
+        return self.groups.get("params", ())
+
+    @property
+    def state(self) -> tuple[LeafSpec, ...]:
+        return self.groups.get("state", ())
+
+    def group(self, name: str) -> tuple[LeafSpec, ...]:
+        """Leaves of a group; ``grads`` and ``updates`` mirror ``params``."""
+        if name in ("grads", "updates"):
+            return self.groups.get(name, self.params)
+        return self.groups[name]
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        try:
+            d = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ModuleError(f"the module's manifest is not valid JSON ({e})") from None
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Manifest:
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            raise ModuleError(
+                f"not a polaris-iree manifest (expected schema {SCHEMA!r}, got {d.get('schema') if isinstance(d, dict) else d!r})"
+            )
+        version = d.get("schema_version")
+        if version not in SUPPORTED_SCHEMA_VERSIONS:
+            raise SchemaVersionError(
+                f"the module was written with manifest schema version {version}, but this runtime "
+                f"(polaris-iree-runtime {_runtime_version()}) reads schema version(s) "
+                f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}; rebuild the module with a "
+                f"matching polaris-iree compiler, or install a runtime that supports version {version}"
+            )
+        try:
+            groups = {
+                g: tuple(LeafSpec.from_dict(x) for x in leaves) for g, leaves in d["groups"].items()
+            }
+            functions = {
+                name: FunctionSpec(
+                    tuple(f["inputs"]), tuple(f["outputs"]), tuple(f.get("donates", ()))
+                )
+                for name, f in d["functions"].items()
+            }
+            hps = tuple(
+                Hyperparameter(h["name"], h["leaf"], float(h["default"]), h.get("dtype", "float32"))
+                for h in d.get("hyperparameters", ())
+            )
+            return cls(
+                schema_version=version,
+                kind=d["kind"],
+                name=d["name"],
+                options=dict(d.get("options", {})),
+                composition=tuple(d.get("composition", ())),
+                layout=d.get("layout", "tree"),
+                groups=groups,
+                functions=functions,
+                hyperparameters=hps,
+                target=dict(d.get("target", {})),
+                versions=dict(d.get("versions", {})),
+                raw=d,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModuleError(f"the module's manifest is malformed: missing or bad field {e}") from None
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.raw, indent=indent, sort_keys=False)
+
+
+def _runtime_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("polaris-iree-runtime")
+    except Exception:  # pragma: no cover
+        return "unknown"

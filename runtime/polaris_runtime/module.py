@@ -1,0 +1,436 @@
+"""Loading a polaris-iree module and calling it with named, checked, device-resident arrays."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import iree.runtime as rt
+import numpy as np
+
+from polaris_runtime import device as dev
+from polaris_runtime.errors import BindingError, ConsumedError, DeviceError, ModuleError
+from polaris_runtime.manifest import REFLECTION_KEY, LeafSpec, Manifest
+
+
+class Tree:
+    """A group of arrays (params, state, updates, ...) living on a device, in ABI order.
+
+    ``numpy()`` gives a nested dict (or a single array for a one-leaf group); ``tree["mu/w"]``
+    one leaf. A tree passed to a call that donates it (``step`` donates params and state) is
+    consumed: its buffers now hold the results, so using it again raises :class:`ConsumedError`.
+    """
+
+    def __init__(self, group: str, specs: Sequence[LeafSpec], arrays: Sequence[Any], owner: Module):
+        self.group = group
+        self.specs = tuple(specs)
+        self._arrays = list(arrays)
+        self._owner = owner
+        self._consumed_by: str | None = None
+
+    # -- access ---------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    @property
+    def arrays(self) -> list[Any]:
+        self._check_live()
+        return self._arrays
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __contains__(self, name: str) -> bool:
+        return any(s.name == name for s in self.specs)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return dev.to_host(self.arrays[self._index(name)])
+
+    def _index(self, name: str) -> int:
+        for i, s in enumerate(self.specs):
+            if s.name == name:
+                return i
+        raise KeyError(
+            f"{self.group} has no leaf {name!r}; its leaves: {', '.join(self.names) or '(none)'}"
+        )
+
+    def set(self, name: str, value) -> None:
+        """Replaces one leaf (uploaded to the device), checking its shape and dtype."""
+        i = self._index(name)
+        spec = self.specs[i]
+        arr = _check_leaf(self.group, spec, np.asarray(value, dtype=spec.dtype), {})
+        self.arrays[i] = dev.upload(self._owner.device, arr)
+
+    def numpy(self):
+        """All leaves read back to the host: a nested dict, or an array for a one-leaf group."""
+        leaves = [dev.to_host(a) for a in self.arrays]
+        if len(self.specs) == 1 and self.specs[0].name == self.group:
+            return leaves[0]
+        return unflatten_names([s.name for s in self.specs], leaves)
+
+    def leaves(self) -> list[np.ndarray]:
+        """All leaves read back to the host, in ABI order."""
+        return [dev.to_host(a) for a in self.arrays]
+
+    def _check_live(self) -> None:
+        if self._consumed_by is not None:
+            raise ConsumedError(
+                f"this {self.group} tree was donated to {self._consumed_by}() and its buffers now "
+                f"hold that call's results; use the {self.group} it returned"
+            )
+
+    def __repr__(self) -> str:
+        state = f", consumed by {self._consumed_by}()" if self._consumed_by else ""
+        return f"Tree({self.group}: {len(self.specs)} leaves on {self._owner.driver}{state})"
+
+
+def flatten_names(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": x}}`` -> ``{"a/b": x}`` (keys sorted, JAX's order)."""
+    out: dict[str, Any] = {}
+    for k in sorted(tree, key=str):
+        v = tree[k]
+        name = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(flatten_names(v, name))
+        else:
+            out[name] = v
+    return out
+
+
+def unflatten_names(names: Sequence[str], values: Sequence[Any]) -> dict:
+    """The inverse of :func:`flatten_names`."""
+    out: dict = {}
+    for name, v in zip(names, values, strict=True):
+        parts = name.split("/")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return out
+
+
+def _check_leaf(group: str, spec: LeafSpec, arr: np.ndarray, dims: dict[str, int]) -> np.ndarray:
+    shape = tuple(arr.shape)
+    if len(shape) != len(spec.shape):
+        raise BindingError(
+            f"{group} leaf {spec.name!r} has shape {shape} but the module expects {spec.shape_str()}"
+        )
+    for got, want in zip(shape, spec.shape, strict=True):
+        if isinstance(want, str):
+            if want in dims and dims[want] != got:
+                raise BindingError(
+                    f"{group} leaf {spec.name!r} has length {got} along dynamic dimension {want!r}, "
+                    f"but another leaf of this call set {want}={dims[want]}; all must agree"
+                )
+            dims[want] = got
+        elif got != want:
+            raise BindingError(
+                f"{group} leaf {spec.name!r} has shape {shape} but the module expects {spec.shape_str()}"
+            )
+    got_dtype = np.dtype(arr.dtype).name
+    if got_dtype != spec.dtype:
+        raise BindingError(
+            f"{group} leaf {spec.name!r} has dtype {got_dtype} but the module expects {spec.dtype} "
+            f"(convert with .astype(np.{spec.dtype}))"
+        )
+    return arr
+
+
+class Module:
+    """A loaded ``.vmfb``: its manifest, its device and its exported functions."""
+
+    def __init__(self, vm_module: rt.VmModule, manifest: Manifest, config: rt.Config, driver: str, path: str):
+        self.manifest = manifest
+        self.driver = driver
+        self.path = path
+        self._config = config
+        self._vm_module = vm_module
+        self._lock = threading.Lock()
+        self._context = rt.SystemContext(config=config)
+        self._context.add_vm_module(vm_module)
+        bound = self._context.modules[vm_module.name]
+        self._functions = {name: bound[name] for name in manifest.functions}
+
+    @property
+    def device(self):
+        return self._config.device
+
+    @property
+    def functions(self) -> list[str]:
+        return list(self._functions)
+
+    def _bind(self, group: str, value, dims: dict[str, int], fname: str) -> tuple[list, Tree | None]:
+        specs = self.manifest.group(group)
+        if isinstance(value, Tree):
+            if value._owner.device is not self.device:
+                raise DeviceError(
+                    f"{fname}(): the {group} tree lives on driver {value._owner.driver!r} but this "
+                    f"module runs on {self.driver!r}; read it back with .numpy() and pass that"
+                )
+            if [s.name for s in value.specs] != [s.name for s in specs]:
+                raise BindingError(
+                    f"{fname}(): the {value.group} tree passed as {group} has leaves "
+                    f"{value.names} but the module expects {[s.name for s in specs]}"
+                )
+            for s, a in zip(specs, value.arrays, strict=True):
+                _check_leaf(group, s, _ShapeOnly(a), dims)
+            return list(value.arrays), value
+        if isinstance(value, Mapping):
+            flat = flatten_names(value)
+            want = [s.name for s in specs]
+            missing = [n for n in want if n not in flat]
+            extra = [n for n in flat if n not in want]
+            if missing or extra:
+                parts = []
+                if missing:
+                    parts.append(f"missing leaves {missing}")
+                if extra:
+                    parts.append(f"unexpected leaves {extra}")
+                raise BindingError(
+                    f"{fname}(): {group} does not match the module's layout: {'; '.join(parts)}. "
+                    f"Expected: {', '.join(f'{s.name} {s.shape_str()} {s.dtype}' for s in specs)}"
+                )
+            leaves = [flat[n] for n in want]
+        elif isinstance(value, (list, tuple)):
+            if len(value) != len(specs):
+                raise BindingError(
+                    f"{fname}(): {group} has {len(value)} arrays but the module expects "
+                    f"{len(specs)}: {', '.join(s.name for s in specs)}"
+                )
+            leaves = list(value)
+        elif len(specs) == 1:
+            leaves = [value]
+        else:
+            raise BindingError(
+                f"{fname}(): {group} must be a dict of arrays, a list in ABI order or a Tree, got "
+                f"{type(value).__name__}"
+            )
+        out = []
+        for s, leaf in zip(specs, leaves, strict=True):
+            if isinstance(leaf, rt.DeviceArray):
+                if leaf._device is not self.device:
+                    raise DeviceError(
+                        f"{fname}(): {group} leaf {s.name!r} lives on another device; this module "
+                        f"runs on {self.driver!r}"
+                    )
+                _check_leaf(group, s, _ShapeOnly(leaf), dims)
+                out.append(leaf)
+            else:
+                arr = leaf if isinstance(leaf, np.ndarray) else np.asarray(leaf)
+                out.append(_check_leaf(group, s, arr, dims))
+        return out, None
+
+    def call(self, fname: str, **groups) -> dict[str, Tree]:
+        """Calls an exported function with its input groups by name; returns its output groups."""
+        spec = self.manifest.functions.get(fname)
+        if spec is None:
+            raise ModuleError(
+                f"the module exports no function {fname!r}; it exports {', '.join(self.functions)}"
+            )
+        unknown = set(groups) - set(spec.inputs)
+        missing = [g for g in spec.inputs if g not in groups]
+        if unknown or missing:
+            raise BindingError(
+                f"{fname}() takes {', '.join(spec.inputs)}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unexpected {sorted(unknown)}" if unknown else "")
+            )
+        dims: dict[str, int] = {}
+        args: list = []
+        donated: list[Tree] = []
+        seen: set[int] = set()
+        for g in spec.inputs:
+            leaves, tree = self._bind(g, groups[g], dims, fname)
+            args.extend(leaves)
+            if tree is not None and g in spec.donates:
+                donated.append(tree)
+            if g in spec.donates:
+                for s, leaf in zip(self.manifest.group(g), leaves, strict=True):
+                    if isinstance(leaf, rt.DeviceArray):
+                        if id(leaf) in seen:
+                            raise BindingError(
+                                f"{fname}(): {g} leaf {s.name!r} is the same device array as another "
+                                f"donated leaf; {fname}() writes them in place, so each needs its own"
+                            )
+                        seen.add(id(leaf))
+        with self._lock:
+            try:
+                results = self._functions[fname](*args)
+            except (RuntimeError, ValueError) as e:
+                raise ModuleError(f"{fname}() failed inside IREE on {self.driver}: {e}") from None
+        if not isinstance(results, tuple):
+            results = (results,) if results is not None else ()
+        for t in donated:
+            t._consumed_by = fname
+        out: dict[str, Tree] = {}
+        i = 0
+        for g in spec.outputs:
+            specs = self.manifest.group(g)
+            out[g] = Tree(g, specs, results[i : i + len(specs)], self)
+            i += len(specs)
+        return out
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self.manifest.functions:
+            return lambda **groups: self.call(name, **groups)
+        raise AttributeError(
+            f"{type(self).__name__} has no attribute {name!r}; exported functions: {', '.join(self.functions)}"
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.manifest.name} ({self.path}) on {self.driver}>"
+
+
+class _ShapeOnly:
+    """Adapter so device arrays are checked like host arrays without a read-back."""
+
+    def __init__(self, a):
+        self.shape = tuple(a.shape)
+        self.dtype = a.dtype
+
+
+class Optimizer(Module):
+    """A compiled optimizer: ``init``, ``update`` and ``step`` with arrays by name or position.
+
+    Example::
+
+        opt = polaris_runtime.load("adam.vmfb")
+        state = opt.init(params)                       # params: dict of numpy arrays
+        params, state = opt.step(params, grads, state) # device-resident Trees from now on
+        opt.set_hyperparameter(state, "learning_rate", 1e-4)
+        host = params.numpy()
+    """
+
+    def init(self, params) -> Tree:
+        """The initial optimizer state for ``params``.
+
+        IREE may hand back one buffer for several equal results (``mu`` and ``nu`` both start
+        at zero), and ``step`` writes its state in place, so each leaf is given its own buffer
+        here (one host round trip, once).
+        """
+        state = self.call("init", params=params)["state"]
+        state._arrays = [dev.upload(self.device, dev.to_host(a)) for a in state._arrays]
+        return state
+
+    def update(self, grads, state: Tree | Any, params=None) -> tuple[Tree, Tree]:
+        """Polaris's update: returns ``(updates, new_state)``; ``state`` is donated."""
+        if params is None:
+            params = self._zeros_like_params(grads)
+        out = self.call("update", grads=grads, state=state, params=params)
+        return out["updates"], out["state"]
+
+    def step(self, params, grads, state) -> tuple[Tree, Tree]:
+        """Update and apply fused: returns ``(new_params, new_state)``; params and state donated."""
+        out = self.call("step", params=params, grads=grads, state=state)
+        return out["params"], out["state"]
+
+    def _zeros_like_params(self, grads):
+        if isinstance(grads, Tree):
+            return [np.zeros(a.shape, np.dtype(s.dtype)) for s, a in zip(grads.specs, grads.arrays, strict=True)]
+        if isinstance(grads, Mapping):
+            return {k: (self._zeros_like_params(v) if isinstance(v, Mapping) else np.zeros_like(np.asarray(v))) for k, v in grads.items()}
+        if isinstance(grads, (list, tuple)):
+            return [np.zeros_like(np.asarray(g)) for g in grads]
+        return np.zeros_like(np.asarray(grads))
+
+    # -- hyperparameters --------------------------------------------------------------------
+    @property
+    def hyperparameters(self) -> dict[str, float]:
+        """Tunable hyperparameters and their compiled-in defaults."""
+        return {h.name: h.default for h in self.manifest.hyperparameters}
+
+    def _hp(self, name: str):
+        for h in self.manifest.hyperparameters:
+            if h.name == name:
+                return h
+        raise KeyError(
+            f"{self.manifest.name} has no tunable hyperparameter {name!r}; tunable: "
+            f"{', '.join(self.hyperparameters) or '(none)'}"
+        )
+
+    def get_hyperparameter(self, state: Tree, name: str) -> float:
+        return float(state[self._hp(name).leaf])
+
+    def set_hyperparameter(self, state: Tree, name: str, value: float) -> Tree:
+        """Sets a hyperparameter in ``state`` (in place, on the device) and returns ``state``."""
+        state.set(self._hp(name).leaf, value)
+        return state
+
+
+def read_manifest(vm_module: rt.VmModule) -> Manifest:
+    for fname in vm_module.function_names:
+        try:
+            refl = vm_module.lookup_function(fname).reflection
+        except Exception:  # pragma: no cover
+            continue
+        if REFLECTION_KEY in refl:
+            return Manifest.from_json(refl[REFLECTION_KEY])
+    raise ModuleError(
+        "the module carries no polaris-iree manifest (no exported function has the "
+        f"{REFLECTION_KEY!r} reflection attribute); was it built by `polaris compile`?"
+    )
+
+
+def _read_bytes(path_or_bytes) -> tuple[bytes, str]:
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        return bytes(path_or_bytes), "<bytes>"
+    p = pathlib.Path(os.fspath(path_or_bytes))
+    if not p.is_file():
+        raise ModuleError(f"module file {str(p)!r} does not exist")
+    return p.read_bytes(), str(p)
+
+
+def inspect_module(path_or_bytes) -> Manifest:
+    """The manifest of a module, read from the module alone (no device needed)."""
+    data, where = _read_bytes(path_or_bytes)
+    vm = _vm_module(rt.VmInstance(), data, where)
+    return read_manifest(vm)
+
+
+def _vm_module(instance, data: bytes, where: str) -> rt.VmModule:
+    if len(data) < 16:
+        raise ModuleError(f"{where} is not an IREE module: only {len(data)} bytes")
+    try:
+        return rt.VmModule.copy_buffer(instance, data)
+    except (ValueError, RuntimeError) as e:
+        raise ModuleError(
+            f"{where} is not a valid IREE module (corrupt or truncated, or built by an IREE "
+            f"other than the runtime's {_iree_version()}): {e}"
+        ) from None
+
+
+def _iree_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("iree-base-runtime")
+    except Exception:  # pragma: no cover
+        return "unknown"
+
+
+def load(path_or_bytes, device: str | None = None) -> Module:
+    """Loads a polaris-iree module.
+
+    Args:
+      path_or_bytes: a ``.vmfb`` path or its bytes.
+      device: an IREE driver name (``local-task``, ``local-sync``, ``cuda``, ``vulkan``, ...);
+        default: the driver for the module's own target.
+
+    Returns:
+      An :class:`Optimizer` for optimizer modules, a :class:`Module` for function modules.
+    """
+    data, where = _read_bytes(path_or_bytes)
+    probe = _vm_module(rt.VmInstance(), data, where)
+    manifest = read_manifest(probe)
+    targets = manifest.target.get("targets") or [manifest.target.get("name", "llvm-cpu")]
+    driver = dev.pick_driver(list(targets), device)
+    cfg = dev.config_for(driver)
+    vm = _vm_module(cfg.vm_instance, data, where)
+    cls = Optimizer if manifest.kind == "optimizer" else Module
+    return cls(vm, manifest, cfg, driver, where)
