@@ -27,7 +27,8 @@ test-all: $(STAMP)
 
 ## make demo: compile adam and a small MLP's loss/gradient, then train with the runtime alone
 demo: $(STAMP)
-	$(PY) examples/mlp_demo.py
+	$(PY) examples/mlp/build.py --out out/demo
+	$(PY) examples/mlp/train.py --out out/demo
 
 ## make bench: benchmarks (writes bench/results/)
 bench: $(STAMP)

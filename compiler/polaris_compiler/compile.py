@@ -242,9 +242,7 @@ def compile_functions(
     t0 = time.perf_counter()
 
     def add_group(g: str, tree) -> None:
-        specs = [_spec(n, s) for n, s in tree_leaves_with_names(tree)]
-        if not specs and isinstance(tree, jax.ShapeDtypeStruct):
-            specs = [_spec(g, tree)]
+        specs = [_spec(n or g, s) for n, s in tree_leaves_with_names(tree)]
         if g in groups and groups[g] != specs:
             raise ValueError(f"compile_functions: group {g!r} has different leaves in two functions")
         groups[g] = specs

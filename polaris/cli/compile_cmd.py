@@ -1,0 +1,116 @@
+"""``polaris compile NAME [KEY=VALUE ...]``: an optimizer to a self-describing .vmfb."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import click
+
+from polaris.cli.errors import UsageFailure
+from polaris.cli.options import TARGETS, target_option
+
+
+def _parse_options(spec, pairs: tuple[str, ...]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageFailure(
+                f"option {pair!r} must be KEY=VALUE; options of {spec.name}: "
+                f"{', '.join(o.name for o in spec.options)}"
+            )
+        key, value = pair.split("=", 1)
+        key = key.strip().replace("-", "_")
+        opt = spec.option(key)
+        out[key] = opt.parse(spec.name, value)
+    return out
+
+
+def default_output(name: str, options: dict, defaults: dict, layout, dtype: str, target: str) -> str:
+    from polaris_compiler import options_digest
+
+    parts = [name]
+    changed = {k: v for k, v in options.items() if repr(defaults.get(k)) != repr(v)}
+    if changed:
+        parts.append(options_digest(changed))
+    if layout is None:
+        parts.append(f"flat-{_short(dtype)}")
+    else:
+        parts.append(pathlib.Path(layout).stem)
+    parts.append(target)
+    return "-".join(parts) + ".vmfb"
+
+
+def _short(dtype: str) -> str:
+    return {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(dtype, dtype)
+
+
+def _say(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@click.command("compile")
+@click.argument("name")
+@click.argument("options", nargs=-1)
+@target_option
+@click.option("--layout", "-l", type=click.Path(), help="Parameter layout: .json, .npz or .safetensors. Default: one flat f32 vector of any length.")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]), help="Element type of the flat layout.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output .vmfb (default: NAME[-OPTIONSHASH]-LAYOUT-TARGET.vmfb).")
+@click.option("--cpu", default="host", show_default=True, help="llvm-cpu: CPU to tune for (host, a name such as znver3, or generic).")
+@click.option("--cpu-triple", default=None, help="llvm-cpu: target triple for cross compiling, e.g. aarch64-unknown-linux-gnu.")
+@click.option("--cuda-arch", default="sm_80", show_default=True, help="cuda: GPU architecture (PTX runs on newer GPUs).")
+@click.option("--vulkan-target", default="ampere", show_default=True, help="vulkan: target GPU family (ampere, rdna3, valhall, adreno, ...).")
+@click.option("--save-temps", type=click.Path(file_okay=False), default=None, help="Keep the .mlir, flags and manifest in this folder (also POLARIS_SAVE_TEMPS).")
+@click.option("--iree-flag", "extra", multiple=True, help="Extra flag passed to iree-compile (repeatable).")
+def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, cuda_arch, vulkan_target, save_temps, extra):
+    """Compile optimizer NAME to an IREE module exporting init, update and step.
+
+    OPTIONS are KEY=VALUE pairs (see `polaris list`); a learning rate may be a schedule,
+    e.g. learning_rate='cosine_decay(1e-3, decay_steps=1000)'.
+    """
+    from polaris._src import registry
+    from polaris._src.errors import PolarisError
+
+    try:
+        spec = registry.get(name)
+        opts = _parse_options(spec, options)
+        from polaris_compiler.options import CompileOptions, Target
+
+        tgt = Target.parse(target)
+    except PolarisError as e:
+        raise UsageFailure(str(e)) from None
+    if target.lower() not in TARGETS and tgt.value not in TARGETS:  # pragma: no cover
+        raise UsageFailure(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+
+    t0 = time.perf_counter()
+    _say(f"[1/3] building {name} and reading the layout ...")
+    from polaris_compiler import CompileError, Layout, compile_optimizer
+
+    try:
+        tx = spec.build(**opts)
+        lay = Layout.flat(dtype) if layout is None else Layout.from_file(layout)
+    except PolarisError as e:
+        raise UsageFailure(str(e)) from None
+    copts = CompileOptions(
+        target=tgt,
+        cpu=cpu,
+        cpu_triple=cpu_triple,
+        cuda_arch=cuda_arch,
+        vulkan_target=vulkan_target,
+        extra_args=tuple(extra),
+        save_temps=save_temps,
+    )
+    for note in copts.notes():
+        _say(f"note: {note}")
+    full = {**spec.defaults(), **opts}
+    _say(f"[2/3] tracing init/update/step with jax.export and compiling for {tgt.value} ...")
+    try:
+        art = compile_optimizer(tx, lay, copts, name=name, optimizer_options=full)
+    except CompileError as e:
+        raise UsageFailure(str(e)) from None
+    except PolarisError as e:
+        raise UsageFailure(str(e)) from None
+    out = output or default_output(name, opts, spec.defaults(), layout, dtype, tgt.value)
+    path = art.save(out)
+    _say(f"[3/3] wrote {path} ({len(art.vmfb) / 1024:.1f} KiB) in {time.perf_counter() - t0:.1f} s")
+    click.echo(str(path))
