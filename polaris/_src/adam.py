@@ -42,7 +42,7 @@ def scale_by_adam(
       eps: added outside the square root (1e-8).
       eps_root: added inside the square root (Polaris default 1e-15; Optax's is 0.0).
       nesterov: use Nadam's Nesterov momentum (False), as Optax's ``nesterov=True``:
-        :math:`\hat m_t = \beta_1 m_t/(1-\beta_1^{t+1}) + (1-\beta_1) g_t/(1-\beta_1^t)`.
+        :math:`\\hat m_t = \\beta_1 m_t/(1-\\beta_1^{t+1}) + (1-\\beta_1) g_t/(1-\\beta_1^t)`.
 
     Compiled signature: state ``count`` (int32), ``mu/...``, ``nu/...`` (float32, mirroring params).
 
