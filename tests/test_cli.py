@@ -1,0 +1,165 @@
+"""The `polaris` CLI through click's CliRunner and as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from polaris._src import registry
+from polaris.cli.__main__ import cli
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def run(runner, *args):
+    return runner.invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_list_shows_every_registered_optimizer_with_defaults(runner):
+    r = run(runner, "list")
+    assert r.exit_code == 0
+    for name in registry.names():
+        assert name in r.output
+    assert "learning_rate=0.001" in r.output
+    data = json.loads(run(runner, "list", "--json").output)
+    assert {o["name"] for o in data["optimizers"]} == set(registry.names())
+    assert any(u["name"] == "scale_by_adam" for u in data["updates"])
+    assert any(s["name"] == "cosine_decay" for s in data["schedules"])
+
+
+def test_compile_default_flat_then_inspect(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(cli, ["compile", "adam"])
+    assert r.exit_code == 0, r.output
+    out = pathlib.Path("adam-flat-f32-llvm-cpu.vmfb")
+    assert out.is_file() and out.stat().st_size > 1000
+    assert "[3/3] wrote" in r.stderr
+    r = run(runner, "inspect", str(out), "--json")
+    m = json.loads(r.output)
+    assert m["name"] == "adam" and m["layout"] == "flat"
+    assert m["options"]["learning_rate"] == 1e-3 and m["options"]["eps_root"] == 1e-15
+    assert [g["name"] for g in m["groups"]["state"]] == ["0/count", "0/mu", "0/nu", "1/learning_rate"]
+    assert m["groups"]["params"][0]["shape"] == ["n"]
+    assert m["target"]["name"] == "llvm-cpu" and "--iree-llvmcpu-target-cpu=host" in m["target"]["flags"]
+    assert m["versions"]["iree_compiler"] == m["versions"]["iree_runtime"]
+    assert set(m["functions"]) == {"init", "update", "step"}
+    text = run(runner, "inspect", str(out)).output
+    assert "learning_rate = 0.001" in text and "step(params, grads, state)" in text
+
+
+def test_compile_with_options_layout_and_schedule(runner, tmp_path):
+    layout = tmp_path / "layout.json"
+    layout.write_text(json.dumps({"dense": {"kernel": {"shape": [4, 3], "dtype": "float32"}, "bias": [3]}}))
+    out = tmp_path / "sgd.vmfb"
+    r = runner.invoke(cli, ["compile", "sgd", "momentum=0.9", "nesterov=true", "learning_rate=cosine_decay(0.1, decay_steps=100)", "--layout", str(layout), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    m = json.loads(run(runner, "inspect", str(out), "--json").output)
+    assert m["options"]["momentum"] == 0.9 and m["options"]["nesterov"] is True
+    assert m["options"]["learning_rate"] == "cosine_decay(0.1, decay_steps=100)"
+    assert [p["name"] for p in m["groups"]["params"]] == ["dense/bias", "dense/kernel"]
+    assert m["hyperparameters"] == []  # a schedule is compiled in; no tunable rate
+
+
+def test_compile_from_npz_and_safetensors_layouts(runner, tmp_path):
+    from safetensors.numpy import save_file
+
+    arrays = {"enc/w": np.zeros((5, 2), np.float32), "enc/b": np.zeros(2, np.float32)}
+    np.savez(tmp_path / "p.npz", **arrays)
+    save_file(arrays, str(tmp_path / "p.safetensors"))
+    for f in ("p.npz", "p.safetensors"):
+        out = tmp_path / f"{f}.vmfb"
+        r = runner.invoke(cli, ["compile", "adamw", "--layout", str(tmp_path / f), "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        m = json.loads(run(runner, "inspect", str(out), "--json").output)
+        assert {p["name"]: p["shape"] for p in m["groups"]["params"]} == {"enc/b": [2], "enc/w": [5, 2]}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["compile", "adamm"], "unknown optimizer 'adamm'; valid optimizers: "),
+        (["compile", "adam", "lr=0.1"], "adam: unknown option 'lr'; valid options: learning_rate, b1"),
+        (["compile", "adam", "b1=fast"], "adam: option 'b1' expects a number, got 'fast'"),
+        (["compile", "sgd", "nesterov=maybe"], "option 'nesterov' expects true or false"),
+        (["compile", "adam", "learning_rate=warp(1)"], "unknown schedule 'warp'; valid schedules: "),
+        (["compile", "adam", "learning_rate"], "must be KEY=VALUE"),
+        (["compile", "sgd", "nesterov=true"], "nesterov=True` needs `momentum`"),
+        (["compile", "adam", "--target", "tpu"], "unknown target 'tpu'; valid targets: llvm-cpu, cuda, vulkan"),
+        (["compile", "adam", "--layout", "missing.json"], "layout file 'missing.json' does not exist"),
+        (["inspect", "missing.vmfb"], "module file 'missing.vmfb' does not exist"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(runner, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "content, suffix, message",
+    [
+        ("{not json", ".json", "is not valid JSON"),
+        ('{"w": {"shape": [3], "dtype": "float64"}}', ".json", "dtype 'float64' is not supported; valid: float32, bfloat16, float16"),
+        ('{"w": {"shape": [-1]}}', ".json", "shape must be a list of non-negative integers"),
+        ('{"w": "big"}', ".json", 'expected {"shape": [...], "dtype": "float32"}'),
+        ("[1, 2]", ".json", "expected a JSON object of parameters"),
+        ("x", ".yaml", "unknown kind '.yaml'; valid: .json, .npz, .safetensors"),
+        ("garbage", ".npz", "is not a readable .npz"),
+    ],
+)
+def test_unreadable_layouts_exit_2(runner, tmp_path, content, suffix, message):
+    f = tmp_path / f"layout{suffix}"
+    f.write_text(content)
+    r = runner.invoke(cli, ["compile", "adam", "--layout", str(f), "-o", str(tmp_path / "x.vmfb")])
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr, r.stderr
+
+
+def test_inspect_corrupt_module_exits_2(runner, tmp_path):
+    f = tmp_path / "bad.vmfb"
+    f.write_bytes(b"\x00" * 4096)
+    r = runner.invoke(cli, ["inspect", str(f)])
+    assert r.exit_code == 2
+    assert "is not a valid IREE module" in r.stderr
+
+
+@pytest.mark.parametrize("target, arch_flag", [("cuda", "--iree-cuda-target=sm_80"), ("vulkan", "--iree-vulkan-target=ampere")])
+def test_compile_gpu_targets(runner, tmp_path, target, arch_flag):
+    out = tmp_path / f"adam-{target}.vmfb"
+    r = runner.invoke(cli, ["compile", "adam", "--target", target, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    m = json.loads(run(runner, "inspect", str(out), "--json").output)
+    assert m["target"]["name"] == target and arch_flag in m["target"]["flags"]
+
+
+def test_cuda_hopper_name_falls_back_with_a_note(runner, tmp_path):
+    out = tmp_path / "a.vmfb"
+    r = runner.invoke(cli, ["compile", "sgd", "--target", "cuda", "--cuda-arch", "sm_90", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "no sm_90 target" in r.stderr
+    m = json.loads(run(runner, "inspect", str(out), "--json").output)
+    assert m["target"]["arch"] == "sm_80" and m["target"]["notes"]
+
+
+def test_cli_as_a_subprocess(tmp_path):
+    exe = pathlib.Path(sys.executable).with_name("polaris")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "polaris.cli"]
+    r = subprocess.run([*cmd, "compile", "sgd", "momentum=0.9", "-o", str(tmp_path / "s.vmfb")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("s.vmfb")
+    r = subprocess.run([*cmd, "inspect", str(tmp_path / "s.vmfb")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "0/trace" in r.stdout
+    r = subprocess.run([*cmd, "compile", "nope"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown optimizer 'nope'" in r.stderr
