@@ -1,0 +1,78 @@
+"""The compiler: flags as a pure function, errors that carry diagnostics, the manifest."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import polaris
+from polaris._src.errors import OptionError
+from polaris_compiler import CompileError, CompileOptions, Layout, Target, build_flags, compile_optimizer
+from polaris_runtime.manifest import SCHEMA_VERSION, Manifest
+
+
+def test_build_flags_is_pure_and_names_the_target():
+    assert build_flags(CompileOptions()) == [
+        "--iree-input-type=stablehlo",
+        "--iree-hal-target-backends=llvm-cpu",
+        "--iree-llvmcpu-target-cpu=host",
+    ]
+    assert "--iree-llvmcpu-target-triple=aarch64-unknown-linux-gnu" in build_flags(
+        CompileOptions(cpu="generic", cpu_triple="aarch64-unknown-linux-gnu")
+    )
+    assert build_flags(CompileOptions(target=Target.CUDA))[1:] == ["--iree-hal-target-backends=cuda", "--iree-cuda-target=sm_80"]
+    assert build_flags(CompileOptions(target=Target.CUDA, cuda_arch="sm_90"))[-1] == "--iree-cuda-target=sm_80"
+    assert build_flags(CompileOptions(target=Target.VULKAN, vulkan_target="valhall"))[1:] == [
+        "--iree-hal-target-backends=vulkan-spirv",
+        "--iree-vulkan-target=valhall",
+    ]
+    assert build_flags(CompileOptions(extra_args=("--x",)))[-1] == "--x"
+
+
+def test_target_parse_lists_valid_targets():
+    assert Target.parse("CPU") is Target.LLVM_CPU
+    assert Target.parse("vulkan-spirv") is Target.VULKAN
+    with pytest.raises(OptionError, match="valid targets: llvm-cpu, cuda, vulkan, rocm, metal"):
+        Target.parse("tpu")
+
+
+def test_compile_error_carries_flags_diagnostics_and_a_way_to_keep_temps(tmp_path):
+    with pytest.raises(CompileError) as e:
+        compile_optimizer(polaris.optimizers.sgd(), Layout.flat(), CompileOptions(extra_args=("--iree-no-such-flag",)))
+    text = str(e.value)
+    assert "iree-compile failed for target llvm-cpu" in text
+    assert "--iree-no-such-flag" in text and e.value.flags[-1] == "--iree-no-such-flag"
+    assert "POLARIS_SAVE_TEMPS" in text
+    temps = tmp_path / "temps"
+    with pytest.raises(CompileError) as e:
+        compile_optimizer(polaris.optimizers.sgd(), Layout.flat(), CompileOptions(extra_args=("--iree-no-such-flag",), save_temps=str(temps)))
+    assert f"intermediate files kept in {temps}" in str(e.value)
+    assert {p.name for p in temps.iterdir()} >= {"module.mlir", "flags.txt", "manifest.json", "step.stablehlo.mlir"}
+
+
+def test_manifest_records_what_the_design_asks_for(modules):
+    layout = Layout.from_tree({"a": jax.ShapeDtypeStruct((2, 3), jnp.float32), "b": {"c": jax.ShapeDtypeStruct((4,), jnp.float32)}})
+    art = modules.artifact("adamw", dict(learning_rate=0.01, decay=0.1), layout)
+    m = art.manifest
+    assert m["schema_version"] == SCHEMA_VERSION and m["kind"] == "optimizer"
+    assert m["name"] == "adamw" and m["options"]["decay"] == 0.1 and m["options"]["b2"] == 0.999
+    assert m["composition"] == ["scale_by_adam", "add_decayed_weights", "scale_by_learning_rate"]
+    assert [p["name"] for p in m["groups"]["params"]] == ["a", "b/c"]
+    assert [s["name"] for s in m["groups"]["state"]] == ["0/count", "0/mu/a", "0/mu/b/c", "0/nu/a", "0/nu/b/c", "2/learning_rate"]
+    assert m["groups"]["state"][0] == {"name": "0/count", "shape": [], "dtype": "int32"}
+    assert m["hyperparameters"] == [{"name": "learning_rate", "leaf": "2/learning_rate", "default": pytest.approx(0.01), "dtype": "float32"}]
+    assert m["functions"]["step"]["donates"] == ["params", "state"]
+    assert set(m["versions"]) >= {"polaris_iree", "jax", "iree_compiler", "iree_runtime"}
+    assert m["target"]["flags"] == art.flags
+    parsed = Manifest.from_dict(json.loads(json.dumps(m)))
+    assert parsed.state[1].shape == (2, 3)
+
+
+def test_step_aliases_its_outputs_onto_donated_inputs(modules):
+    """Donation survives the merge: IREE writes params and state in place."""
+    art = modules.artifact("adam", dict(learning_rate=0.1))
+    step = art.mlir.split("func.func public @step", 1)[1].split("func.func", 1)[0]
+    assert step.count("tf.aliasing_output") == 1 + 4  # params + count, mu, nu, learning_rate
