@@ -139,6 +139,8 @@ def test_parabola_loss_decreases_short(name):
 @pytest.mark.parametrize("problem", ["parabola", "rosenbrock"])
 @pytest.mark.parametrize("name", NAMES)
 def test_optax_targets_10k_steps(name, problem):
+    if name == "sign_sgd" and problem == "rosenbrock":
+        pytest.skip("sign steps of a constant size cannot settle in Rosenbrock's valley (Optax skips it too)")
     p, target, _ = _optimize(name, {"parabola": _parabola, "rosenbrock": _rosenbrock}[problem], 10_000)
     np.testing.assert_allclose(p, target, rtol=3e-2, atol=3e-2)
 
