@@ -105,6 +105,6 @@ def build_flags(opts: CompileOptions) -> list[str]:
     elif o.target is Target.VULKAN:
         flags.append(f"--iree-vulkan-target={o.vulkan_target}")
     elif o.target is Target.ROCM:
-        flags.append(f"--iree-hip-target={o.rocm_arch}")
+        flags.append(f"--iree-rocm-target={o.rocm_arch}")
     flags.extend(o.extra_args)
     return flags

@@ -68,7 +68,58 @@ def upload(device, array: np.ndarray) -> rt.DeviceArray:
 
 
 def to_host(array) -> np.ndarray:
-    """Reads a device array back into a fresh numpy array."""
+    """Reads a device array back into a fresh numpy array.
+
+    iree.runtime's own read-back imports a fresh numpy array as host memory; Vulkan wants
+    imported host pointers 4096-byte aligned (lavapipe refuses: "minImportedHostPointerAlignment
+    4096"), and may refuse to map device-local memory. There the copy goes through a host-visible
+    staging buffer (a queue copy, then a map), the path IREE's C code takes when import is not
+    offered.
+    """
     if isinstance(array, np.ndarray):
         return array.copy()
-    return np.array(array.to_host(), copy=True)
+    if _needs_staging(array._device):
+        return _staged_to_host(array)
+    try:
+        return np.array(array.to_host(), copy=True)
+    except ValueError as e:
+        if "import" not in str(e) and "map" not in str(e):
+            raise
+        _STAGING.add(id(array._device))
+        return _staged_to_host(array)
+
+
+_STAGING: set[int] = set()
+
+
+def _needs_staging(device) -> bool:
+    return id(device) in _STAGING
+
+
+def _staged_to_host(array) -> np.ndarray:
+    device = array._device
+    bv = array._buffer_view
+    source = bv.get_buffer()
+    dtype = rt.HalElementType.map_to_dtype(bv.element_type)
+    shape = tuple(bv.shape)
+    nbytes = source.byte_length()
+    if nbytes == 0:
+        return np.empty(shape, dtype)
+    staging = device.allocator.allocate_buffer(
+        memory_type=int(rt.MemoryType.HOST_LOCAL | rt.MemoryType.DEVICE_VISIBLE),
+        allowed_usage=int(rt.BufferUsage.TRANSFER_TARGET | rt.BufferUsage.MAPPING_SCOPED),
+        allocation_size=nbytes,
+    )
+    sem = device.create_semaphore(0)
+    device.queue_copy(
+        source,
+        staging,
+        wait_semaphores=rt.HalFence.create_at(sem, 0),
+        signal_semaphores=rt.HalFence.create_at(sem, 1),
+    )
+    rt.HalFence.create_at(sem, 1).wait()
+    mapped = staging.map()
+    out = np.array(mapped.asarray(shape, dtype), copy=True)
+    if array._override_dtype is not None and array._override_dtype != dtype:
+        out = out.astype(array._override_dtype)
+    return out
