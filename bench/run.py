@@ -1,0 +1,451 @@
+"""The CPU benchmark suite (issue 6): optimizer step time and effective bandwidth.
+
+Peers, each timed with its state and parameters resident where it computes:
+
+* ``polaris``: this project through ``polaris_runtime`` (``Optimizer.step`` on device-resident
+  Trees; the gradients pre-uploaded once, so no host copy per call);
+* ``iree-bare``: the same ``.vmfb``'s ``step`` called through IREE's own ``FunctionInvoker`` on the
+  same device, with no polaris binding or validation (what the runtime adds is the difference);
+* ``optax``: ``jax.jit`` of the Optax twin, parameters and state donated;
+* ``numpy``: an in-place NumPy step (``out=`` ufuncs, chunked; ``bench/_numpy_peer.py``).
+
+Each step is timed in blocks of N steps followed by one device sync (IREE: a scalar of the last
+state read back; JAX: ``block_until_ready``), median over repeats; peers are sampled round-robin
+so that load from other processes hits all of them alike. Bytes moved per parameter are in
+``_common.BYTES_PER_PARAM``; the floor is bytes / copy bandwidth, with the copy bandwidth measured
+in the same run (``np.copyto`` of 512 MB; the larger of one thread and one thread per core).
+
+Usage::
+
+    python bench/run.py                      # default suite, ~5-10 min on 2 cores
+    python bench/run.py --quick              # ~1 min smoke run
+    python bench/run.py --sizes 1e4,1e6 --optimizers adam,lion --gpt2 none
+    python bench/run.py --gpt2 full          # GPT-2 small's real 124M parameters too
+
+Writes ``bench/results/<date>-<device>[-quick].{md,json,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import pathlib
+import sys
+import time
+import warnings
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+# OpenBLAS env tweaks set on some hosts (see the env README) slow NumPy's BLAS (LAMB's norms use
+# np.dot). OpenBLAS reads them when it loads, so drop them for this process only, before numpy
+# is imported, by re-executing once. IREE and XLA do not use OpenBLAS.
+_OB = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+if any(k in os.environ for k in _OB) and "--keep-openblas-env" not in sys.argv:
+    env = {k: v for k, v in os.environ.items() if k not in _OB}
+    env["POLARIS_BENCH_DROPPED_OPENBLAS_ENV"] = ",".join(f"{k}={os.environ[k]}" for k in _OB if k in os.environ)
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+import numpy as np  # noqa: E402
+
+import _common as C  # noqa: E402
+from _numpy_peer import NumpyStep  # noqa: E402
+
+CACHE = C.REPO / ".cache" / "bench"
+PEERS = ("polaris", "iree-bare", "optax", "numpy")
+
+
+# -- modules ------------------------------------------------------------------------------------
+def compiled_module(opt: str, layout_kind: str, shapes: dict | None, cpu: str = "host", extra: tuple[str, ...] = ()) -> pathlib.Path:
+    """The ``.vmfb`` of ``opt`` for the flat layout or a tree of shapes, cached in .cache/bench."""
+    from polaris._src import registry
+    from polaris_compiler import CompileOptions, Layout, compile_optimizer
+
+    name, options = C.POLARIS[opt]
+    vers = C.versions("iree-base-compiler", "jax", "polaris-iree")
+    key_src = repr((vers, name, sorted(options.items()), layout_kind, C.shape_leaves(shapes) if shapes else None, cpu, extra, C.cpu_model()))
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
+    path = CACHE / f"{opt}-{layout_kind}-{cpu}-{key}.vmfb"
+    if path.exists():
+        return path
+    import jax
+
+    if layout_kind == "flat":
+        lay = Layout.flat()
+    else:
+        sds = C.map_shapes(lambda s: jax.ShapeDtypeStruct(s, np.float32), shapes)
+        lay = Layout.from_tree(sds, source="bench")
+    spec = registry.get(name)
+    t0 = time.perf_counter()
+    art = compile_optimizer(spec.build(**options), lay, CompileOptions(cpu=cpu, extra_args=tuple(extra)), name=name, optimizer_options={**spec.defaults(), **options})
+    C.say(f"  compiled {opt} ({layout_kind}, cpu={cpu}) in {time.perf_counter() - t0:.1f} s")
+    art.save(path)
+    return path
+
+
+# -- peers --------------------------------------------------------------------------------------
+def _smallest(specs) -> int:
+    sizes = [int(np.prod([d if isinstance(d, int) else 1 << 30 for d in s.shape])) for s in specs]
+    return int(np.argmin(sizes))
+
+
+def polaris_peer(path, params: dict | np.ndarray, grads: list[np.ndarray], driver: str) -> C.Timer:
+    import polaris_runtime as pr
+    from polaris_runtime import device as dev
+
+    opt = pr.load(path, device=driver)
+    state = opt.init(params)
+    gdev = [dev.upload(opt.device, g) for g in grads]
+    p, s = opt.step(params, gdev, state)  # params uploaded once here; Trees from now on
+    box = {"p": p, "s": s}
+    leaf = s.names[_smallest(opt.manifest.group("state"))]
+
+    def step():
+        box["p"], box["s"] = opt.step(box["p"], gdev, box["s"])
+
+    def sync():
+        box["s"][leaf]  # reads one scalar back
+
+    return C.Timer(step, sync)
+
+
+def bare_peer(path, params: list[np.ndarray], grads: list[np.ndarray], driver: str) -> C.Timer:
+    """The module's ``step`` through IREE's FunctionInvoker: no polaris binding or checks."""
+    import iree.runtime as rt
+    from polaris_runtime import device as dev
+
+    cfg = dev.config_for(driver)  # the runtime's device: same executor, same worker threads
+    vm = rt.VmModule.copy_buffer(cfg.vm_instance, pathlib.Path(path).read_bytes())
+    ctx = rt.SystemContext(config=cfg)
+    ctx.add_vm_module(vm)
+    fns = ctx.modules[vm.name]
+    p = [dev.upload(cfg.device, x) for x in params]
+    g = [dev.upload(cfg.device, x) for x in grads]
+    s0 = fns["init"](*p)
+    s0 = s0 if isinstance(s0, tuple) else (s0,)
+    s = [dev.upload(cfg.device, np.asarray(a.to_host())) for a in s0]  # own buffer per leaf
+    idx = int(np.argmin([int(np.prod(a.shape)) for a in s]))
+    f = fns["step"]
+    k = len(p)
+    box = {"a": [*p, *g, *s]}
+
+    def step():
+        r = f(*box["a"])
+        box["a"] = [*r[:k], *g, *r[k:]]
+
+    def sync():
+        box["a"][2 * k + idx].to_host()
+
+    return C.Timer(step, sync)
+
+
+def optax_twin(opt: str):
+    import optax
+
+    if opt == "adam":
+        return optax.adam(1e-3, b1=0.9, b2=0.999, eps=1e-8, eps_root=1e-15)
+    if opt == "adamw":
+        return optax.adamw(1e-3, b1=0.9, b2=0.999, eps=1e-8, eps_root=1e-15, weight_decay=0.01)
+    if opt == "lamb":
+        return optax.lamb(1e-2, b1=0.9, b2=0.999, eps=1e-8, eps_root=1e-15, weight_decay=0.01)
+    if opt == "sgd_momentum":
+        return optax.sgd(1e-2, momentum=0.9)
+    if opt == "lion":
+        return optax.lion(1e-4, b1=0.9, b2=0.99, weight_decay=1e-3)
+    raise ValueError(opt)
+
+
+def optax_peer(opt: str, params, grads) -> C.Timer:
+    import jax
+    import optax
+
+    tx = optax_twin(opt)
+
+    def f(p, g, s):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    step_fn = jax.jit(f, donate_argnums=(0, 2))
+    fresh = jax.jit(lambda t: jax.tree.map(lambda a: a * 1.0, t))  # XLA-owned buffers, donatable
+    p = fresh(params)
+    g = fresh(grads)
+    box = {"p": p, "s": jax.jit(tx.init)(p)}
+
+    def step():
+        box["p"], box["s"] = step_fn(box["p"], g, box["s"])
+
+    def sync():
+        jax.block_until_ready(box["p"])
+
+    return C.Timer(step, sync)
+
+
+def numpy_peer(opt: str, params: list[np.ndarray], grads: list[np.ndarray]) -> C.Timer:
+    ns = NumpyStep(opt, params, grads)
+    return C.Timer(ns.step, lambda: None)
+
+
+# -- the suite ----------------------------------------------------------------------------------
+def measure_group(opt, label, form, n_params, make, repeats, warmup, target_s, results, floor_gbs):
+    timers = {}
+    for peer, mk in make.items():
+        try:
+            timers[peer] = mk()
+        except Exception as e:  # a failing peer is reported, not fatal
+            C.say(f"  {opt} {label} {peer}: FAILED {type(e).__name__}: {e}")
+            results.append({"optimizer": opt, "layout": label, "form": form, "params": n_params, "peer": peer, "error": f"{type(e).__name__}: {e}"})
+    C.run_interleaved(timers, repeats, warmup, target_s)
+    nbytes = C.BYTES_PER_PARAM[opt] * n_params
+    t_floor = nbytes / (floor_gbs * 1e9)
+    best = min(t.median for t in timers.values())
+    optax_t = timers["optax"].median if "optax" in timers else float("nan")
+    line = []
+    for peer, t in timers.items():
+        med = t.median
+        q1, q3 = t.spread
+        results.append({
+            "optimizer": opt, "layout": label, "form": form, "params": n_params, "peer": peer,
+            "step_s": med, "q1_s": q1, "q3_s": q3, "steps_per_sample": t.n, "samples": len(t.samples),
+            "bytes": nbytes, "gbs": nbytes / med / 1e9, "x_floor": med / t_floor, "x_best": med / best,
+            "x_optax": med / optax_t,
+        })
+        line.append(f"{peer} {C.fmt_time(med)}")
+    C.say(f"  {opt:13s} {label:12s} " + " | ".join(line))
+    # drop big arrays before the next group
+    timers.clear()
+
+
+def run_suite(args) -> dict:
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
+    info = {"date": C.today(), "started": C.now(), "machine": C.machine_info(), "args": vars(args)}
+    info["versions"] = C.versions("jax", "jaxlib", "optax", "numpy", "iree-base-runtime", "iree-base-compiler", "polaris-iree", "polaris-iree-runtime")
+    if os.environ.get("POLARIS_BENCH_DROPPED_OPENBLAS_ENV"):
+        info["machine"]["openblas_env_dropped"] = os.environ["POLARIS_BENCH_DROPPED_OPENBLAS_ENV"]
+    C.say(f"bench: {info['machine']['cpu']}, {info['machine']['cores']} cores; measuring copy bandwidth ...")
+    bw = C.copy_bandwidth(512 * 2**20, repeats=5 if args.quick else 9)
+    info["copy_bandwidth"] = bw
+    floor = bw["floor_gbs"]
+    C.say(f"  copy bandwidth: {', '.join(f'{k} {v:.1f}' for k, v in bw.items() if k.endswith('_gbs'))} GB/s")
+    results: list[dict] = []
+    rng = np.random.default_rng(0)
+    t_start = time.perf_counter()
+    driver = args.driver
+
+    for opt in args.optimizers:
+        flat = compiled_module(opt, "flat", None)
+        for n in args.sizes:
+            p = rng.standard_normal(n, dtype=np.float32)
+            g = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3)
+            reps = args.repeats if n < 5_000_000 else max(3, args.repeats // 3)
+            make = {
+                "polaris": lambda: polaris_peer(flat, p, [g], driver),
+                "iree-bare": lambda: bare_peer(flat, [p], [g], driver),
+                "optax": lambda: optax_peer(opt, p, g),
+                "numpy": lambda: numpy_peer(opt, [p], [g]),
+            }
+            make = {k: v for k, v in make.items() if k in args.peers}
+            measure_group(opt, C.fmt_size(n), "flat", n, make, reps, args.warmup, args.target_s, results, floor)
+        if args.gpt2 != "none":
+            div = 1 if args.gpt2 == "full" else 4
+            shapes = C.gpt2_shapes(div)
+            leaves = C.shape_leaves(shapes)
+            total = sum(int(np.prod(s)) for _, s in leaves)
+            tree_mod = compiled_module(opt, "tree", shapes)
+            host_p = C.map_shapes(lambda s: rng.standard_normal(s, dtype=np.float32) * np.float32(0.02), shapes)
+            host_g = C.map_shapes(lambda s: rng.standard_normal(s, dtype=np.float32) * np.float32(1e-3), shapes)
+            import polaris_runtime as pr
+
+            p_leaves = list(pr.flatten_names(host_p).values())
+            g_leaves = list(pr.flatten_names(host_g).values())
+            label = "gpt2" if div == 1 else f"gpt2/{div}"
+            reps = max(3, args.repeats // 3)
+            make = {
+                "polaris": lambda: polaris_peer(tree_mod, host_p, g_leaves, driver),
+                "iree-bare": lambda: bare_peer(tree_mod, p_leaves, g_leaves, driver),
+                "optax": lambda: optax_peer(opt, host_p, host_g),
+                "numpy": lambda: numpy_peer(opt, p_leaves, g_leaves),
+            }
+            make = {k: v for k, v in make.items() if k in args.peers}
+            measure_group(opt, f"{label} tree", "tree", total, make, reps, args.warmup, args.target_s, results, floor)
+            fp = np.concatenate([x.reshape(-1) for x in p_leaves])
+            fg = np.concatenate([x.reshape(-1) for x in g_leaves])
+            del host_p, host_g, p_leaves, g_leaves
+            make = {
+                "polaris": lambda: polaris_peer(flat, fp, [fg], driver),
+                "iree-bare": lambda: bare_peer(flat, [fp], [fg], driver),
+                "optax": lambda: optax_peer(opt, fp, fg),
+                "numpy": lambda: numpy_peer(opt, [fp], [fg]),
+            }
+            make = {k: v for k, v in make.items() if k in args.peers}
+            measure_group(opt, f"{label} flat", "flat", total, make, reps, args.warmup, args.target_s, results, floor)
+            del fp, fg
+    info["finished"] = C.now()
+    info["seconds"] = round(time.perf_counter() - t_start, 1)
+    try:
+        info["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        pass
+    return {"info": info, "results": results}
+
+
+# -- reports ------------------------------------------------------------------------------------
+def targets(results: list[dict]) -> list[dict]:
+    """The issue-6 CPU targets, read off the results."""
+    def ratio(opt, layout):
+        a = [r for r in results if r["optimizer"] == opt and r["layout"] == layout and r["peer"] == "polaris" and "step_s" in r]
+        b = [r for r in results if r["optimizer"] == opt and r["layout"] == layout and r["peer"] == "optax" and "step_s" in r]
+        return a[0]["step_s"] / b[0]["step_s"] if a and b else None
+
+    out = []
+    layouts = sorted({r["layout"] for r in results}, key=lambda s: (not s[0].isdigit(), s))
+    for layout in layouts:
+        if layout in ("1M", "10M"):
+            goal = 0.7
+        elif layout in ("10k", "100k"):
+            goal = 1.0
+        elif layout.endswith("tree"):
+            goal = 1.0
+        else:
+            continue
+        r = ratio("adam", layout)
+        if r is not None:
+            out.append({"what": f"adam {layout}: polaris / optax", "goal": goal, "ratio": r, "met": r <= goal})
+    return out
+
+
+def markdown(data: dict) -> str:
+    info, results = data["info"], data["results"]
+    m, v, bw = info["machine"], info["versions"], info["copy_bandwidth"]
+    lines = [
+        f"# Optimizer step benchmark: {info['date']}, {m['cpu']} ({m['cores']} cores)",
+        "",
+        f"- device: {m['cpu']}, {m['cores']} cores, ISA {'/'.join(m['isa']) or '-'}; {m['platform']}",
+        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        f"- IREE driver: {info['args']['driver']}; modules compiled with --iree-llvmcpu-target-cpu=host",
+        f"- copy bandwidth (np.copyto of {bw['bytes'] // 2**20} MB, read+write counted): "
+        + ", ".join(f"{k.replace('_gbs', '').replace('threads_', '')} thread(s) {val:.1f} GB/s" for k, val in bw.items() if k.startswith("threads"))
+        + f"; floor = bytes / {bw['floor_gbs']:.1f} GB/s",
+        f"- load average at start {m['loadavg_at_start']}, at end {m.get('loadavg_at_end', '-')} (a shared machine: peers are sampled round-robin)",
+        f"- run: {info['started']} .. {info['finished']} ({info['seconds']} s); command: `python bench/run.py{' --quick' if info['args']['quick'] else ''}`",
+        "- bytes per parameter: " + "; ".join(f"{k} {C.BYTES_PER_PARAM[k]} B ({C.BYTES_NOTE[k]})" for k in C.OPTIMIZERS),
+        "- step = median per-step time over repeats of N steps + one device sync; IQR in brackets; "
+        "x floor = step / (bytes / copy bandwidth); x best = step / fastest peer of the row group; "
+        "x optax = step / jax.jit(optax) donated",
+        "",
+    ]
+    t = targets(results)
+    if t:
+        lines += ["## Issue-6 targets (CPU)", "", C.md_table(["target", "goal", "measured", "met"], [[x["what"], f"<= {x['goal']}", f"{x['ratio']:.2f}", "yes" if x["met"] else "**no**"] for x in t]), ""]
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append([r["optimizer"], r["layout"], C.fmt_size(r["params"]), r["peer"], "error", "", "", "", "", r["error"][:60]])
+            continue
+        rows.append([
+            r["optimizer"], r["layout"], C.fmt_size(r["params"]), r["peer"],
+            C.fmt_time(r["step_s"]), f"[{C.fmt_time(r['q1_s'])}, {C.fmt_time(r['q3_s'])}]",
+            f"{r['gbs']:.1f}", f"{r['x_floor']:.2f}", f"{r['x_best']:.2f}", f"{r['x_optax']:.2f}",
+        ])
+    lines += ["## Results", "", C.md_table(["optimizer", "layout", "params", "peer", "step", "IQR", "GB/s", "x floor", "x best", "x optax"], rows), ""]
+    return "\n".join(lines)
+
+
+def plot(data: dict, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [r for r in data["results"] if "step_s" in r]
+    opts = list(dict.fromkeys(r["optimizer"] for r in results))
+    floor = data["info"]["copy_bandwidth"]["floor_gbs"]
+    colors = {"polaris": "C0", "iree-bare": "C9", "optax": "C1", "numpy": "C2"}
+    many = [r for r in results if "gpt2" in r["layout"]]
+    ncols = len(opts) + (1 if many else 0)
+    fig, axes = plt.subplots(1, ncols, figsize=(3.4 * ncols, 3.6), squeeze=False)
+    for ax, opt in zip(axes[0], opts, strict=False):
+        rs = [r for r in results if r["optimizer"] == opt and "gpt2" not in r["layout"]]
+        for peer in PEERS:
+            pts = sorted((r["params"], r["gbs"]) for r in rs if r["peer"] == peer)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=peer, color=colors[peer])
+        ax.axhline(floor, ls="--", color="gray", lw=1, label="copy bw")
+        ax.set_xscale("log")
+        ax.set_title(opt)
+        ax.set_xlabel("parameters (flat)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("effective GB/s (higher is better)")
+    axes[0][0].legend(fontsize=7)
+    if many:
+        ax = axes[0][-1]
+        groups = list(dict.fromkeys((r["optimizer"], r["form"]) for r in many))
+        width = 0.8 / len(PEERS)
+        for i, peer in enumerate(PEERS):
+            ys = [next((r["gbs"] for r in many if (r["optimizer"], r["form"]) == gk and r["peer"] == peer), 0) for gk in groups]
+            ax.bar(np.arange(len(groups)) + i * width, ys, width, color=colors[peer], label=peer)
+        ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
+        ax.set_xticklabels([f"{o}\n{f}" for o, f in groups], fontsize=6)
+        ax.axhline(floor, ls="--", color="gray", lw=1)
+        ax.set_title(many[0]["layout"].split()[0] + " (148 tensors)")
+        ax.grid(alpha=0.3, axis="y")
+    m = data["info"]["machine"]
+    fig.suptitle(f"optimizer step, {m['cpu']} ({m['cores']} cores), {data['info']['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="~1 minute smoke run: adam and sgd_momentum at 1e4 and 1e6, no GPT-2")
+    ap.add_argument("--sizes", type=C.parse_sizes, default=None, help="flat sizes, e.g. 1e4,1e5,1e6,1e7")
+    ap.add_argument("--optimizers", type=C.parse_optimizers, default=None, help=f"comma list of {','.join(C.OPTIMIZERS)}")
+    ap.add_argument("--peers", default=",".join(PEERS), help=f"comma list of {','.join(PEERS)}")
+    ap.add_argument("--gpt2", choices=["quarter", "full", "none"], default=None, help="many-tensor layout: GPT-2 small's 148 tensors, every dim /4 (default), full size, or none")
+    ap.add_argument("--driver", default="local-task", help="IREE driver for the polaris peers (local-task, local-sync)")
+    ap.add_argument("--repeats", type=int, default=None, help="samples per peer (a third of it at >= 5M params)")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--target-s", type=float, default=None, help="wall time of one sample (N steps)")
+    ap.add_argument("--out", type=pathlib.Path, default=C.RESULTS, help="folder for the .md/.json/.png")
+    ap.add_argument("--name", default=None, help="file stem (default <date>-<device>[-quick])")
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--keep-openblas-env", action="store_true", help="do not drop OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for this run")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.sizes = args.sizes or [10_000, 1_000_000]
+        args.optimizers = args.optimizers or ["adam", "sgd_momentum"]
+        args.gpt2 = args.gpt2 or "none"
+        args.repeats = args.repeats or 5
+        args.target_s = args.target_s or 0.02
+    args.sizes = args.sizes or [10_000, 100_000, 1_000_000, 10_000_000]
+    args.optimizers = args.optimizers or list(C.OPTIMIZERS)
+    args.gpt2 = args.gpt2 or "quarter"
+    args.repeats = args.repeats or 15
+    args.target_s = args.target_s or 0.04
+    args.peers = [p.strip() for p in args.peers.split(",")]
+    bad = [p for p in args.peers if p not in PEERS]
+    if bad:
+        raise SystemExit(f"unknown peer(s) {bad}; choose from {', '.join(PEERS)}")
+
+    data = run_suite(args)
+    stem = args.name or f"{C.today()}-{C.device_slug()}{'-quick' if args.quick else ''}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    md = args.out / f"{stem}.md"
+    md.write_text(markdown(data))
+    C.write_json(args.out / f"{stem}.json", data)
+    if not args.no_plot:
+        try:
+            plot(data, args.out / f"{stem}.png")
+        except ImportError as e:
+            C.say(f"no plot ({e}); pip install matplotlib (the [bench] extra)")
+    C.say(f"wrote {md} (+ .json, .png) in {data['info']['seconds']} s")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
