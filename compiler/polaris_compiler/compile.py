@@ -152,7 +152,27 @@ def compile_optimizer(
         "target": _target_record(options, flags),
         "versions": versions.all_versions(),
     }
+    _add_learning_rate_export(tx, s_def, s_leaves, hps, parts, manifest)
     return _finish(parts, manifest, options, flags, t0)
+
+
+# -- optional 4th export: learning_rate(state...) -> (lr,) ------------------------------------
+# Only for a learning-rate *schedule* (a numeric rate is the tunable hyperparameter
+# ``learning_rate``, read from the state by the runtime). Lets a JAX-free host ask which rate the
+# next step will use (``Optimizer.current_learning_rate``).
+def _add_learning_rate_export(tx, s_def, s_leaves, hps, parts, manifest) -> None:
+    from polaris._src.scale import learning_rate_fn
+
+    lr_fn = learning_rate_fn(tx)
+    if lr_fn is None or any(h["name"] == "learning_rate" for h in hps) or not s_leaves:
+        return
+
+    def lr_export(*s):
+        return (lr_fn(jax.tree.unflatten(s_def, list(s))),)
+
+    parts["learning_rate"] = export_text(lr_export, s_leaves)
+    manifest["groups"]["learning_rate"] = [{"name": "learning_rate", "shape": [], "dtype": "float32"}]
+    manifest["functions"]["learning_rate"] = {"inputs": ["state"], "outputs": ["learning_rate"]}
 
 
 def _check_state(s_def, s_leaves, new_state):

@@ -123,7 +123,9 @@ def scale_by_learning_rate(learning_rate: float | Schedule) -> Transform:
       learning_rate: a positive number or a schedule (a function of the step count).
     """
     if callable(learning_rate):
-        return scale_by_schedule(lambda count: -learning_rate(count))
+        tx = scale_by_schedule(lambda count: -learning_rate(count))
+        setattr(tx.init, _LR_ATTR, lambda state: learning_rate(state.count))
+        return tx
     _check_number("scale_by_learning_rate", "learning_rate", learning_rate)
 
     def init(params):
@@ -135,7 +137,33 @@ def scale_by_learning_rate(learning_rate: float | Schedule) -> Transform:
         lr = state.learning_rate
         return jax.tree.map(lambda g: g * (-lr).astype(g.dtype), updates), state
 
+    setattr(init, _LR_ATTR, lambda state: state.learning_rate)
     return stateful(init, apply)
+
+
+# The learning rate a transform's next update will use, as a function of its state. Set on the
+# ``init`` of every transform built by scale_by_learning_rate (a fresh function per call).
+_LR_ATTR = "__polaris_learning_rate__"
+
+
+def learning_rate_fn(tx: Transform) -> Callable | None:
+    """``state -> lr``: the learning rate ``tx``'s next update will use, computed from its state.
+
+    Found when exactly one member of ``tx`` (a single transform or a top-level composition) was
+    built by :func:`scale_by_learning_rate`; ``None`` otherwise (no such member, several, or one
+    nested inside a combinator such as ``apply_if_finite``). For a schedule it evaluates the
+    schedule at the member's step count (before the increment the next update makes).
+    """
+    from polaris._src.base import members
+
+    ms = list(members(tx))
+    found = [(i, getattr(m.init, _LR_ATTR)) for i, m in enumerate(ms) if hasattr(m.init, _LR_ATTR)]
+    if len(found) != 1:
+        return None
+    i, fn = found[0]
+    if len(ms) == 1:
+        return lambda state: jnp.asarray(fn(state), jnp.float32)
+    return lambda state: jnp.asarray(fn(state[i]), jnp.float32)
 
 
 def _check_number(fn: str, arg: str, value) -> None:

@@ -1,4 +1,20 @@
-"""Loading a polaris-iree module and calling it with named, checked, device-resident arrays."""
+"""Loading a polaris-iree module and calling it with named, checked, device-resident arrays.
+
+Thread safety
+-------------
+* Several modules (optimizers) may be loaded and used in one process, on one device or several;
+  modules loaded for the same driver share one IREE device (``device.config_for``).
+* A :class:`Module` may be shared by threads: each call binds its arguments without shared
+  mutable state and then invokes IREE under the module's own lock (an IREE VM context is not
+  re-entrant), so calls on one module are serialised while calls on different modules run
+  concurrently. Sharing one module between threads that each own their state is safe and gives
+  the same results as running them one after the other.
+* A :class:`Tree` (a params or state group) is not synchronised: use each one from one thread at
+  a time. ``step`` donates params and state, so two threads stepping the *same* state would race
+  by design; give each thread its own state (``opt.init`` per thread, or a checkpoint restore).
+* Checkpoint writes are atomic per file; two threads writing the same path leave one complete
+  checkpoint (the last rename wins).
+"""
 
 from __future__ import annotations
 
@@ -68,7 +84,11 @@ class Tree:
     def numpy(self):
         """All leaves read back to the host: a nested dict, or an array for a one-leaf group."""
         leaves = [dev.to_host(a) for a in self.arrays]
-        if len(self.specs) == 1 and self.specs[0].name == self.group:
+        if len(self.specs) == 1 and (
+            self.specs[0].name == self.group
+            # grads/updates of a flat module mirror its single "params" leaf
+            or (self.specs[0].name == "params" and self._owner.manifest.layout == "flat")
+        ):
             return leaves[0]
         return unflatten_names([s.name for s in self.specs], leaves)
 
@@ -260,7 +280,7 @@ class Module:
         with self._lock:
             try:
                 results = self._functions[fname](*args)
-            except (RuntimeError, ValueError) as e:
+            except (RuntimeError, ValueError, IndexError) as e:  # IREE maps statuses to these
                 raise ModuleError(f"{fname}() failed inside IREE on {self.driver}: {e}") from None
         if not isinstance(results, tuple):
             results = (results,) if results is not None else ()
@@ -362,6 +382,70 @@ class Optimizer(Module):
         state.set(self._hp(name).leaf, value)
         return state
 
+    # -- progress: step count and learning rate ---------------------------------------------
+    @property
+    def count_leaf(self) -> str | None:
+        """The state leaf :meth:`step_count` reads: the first whose last path component is
+        ``count`` (``0/count`` for adam), or ``None`` when the state has no step counter."""
+        for s in self.manifest.state:
+            if s.name.rsplit("/", 1)[-1] == "count" and s.shape == () and s.dtype == "int32":
+                return s.name
+        return None
+
+    def step_count(self, state: Tree) -> int:
+        """The number of updates ``state`` has seen, read from its int32 ``count`` leaf.
+
+        That is the first state leaf (ABI order) named ``count``: the step counter of the first
+        member that keeps one (``0/count`` for adam). Inside ``apply_if_finite`` it counts the
+        applied steps only (skipped ones are in ``notfinite_count``/``total_notfinite``).
+        Raises :class:`ModuleError` when the state has no counter (e.g. plain ``sgd``).
+        """
+        leaf = self.count_leaf
+        if leaf is None:
+            raise ModuleError(
+                f"{self.manifest.name}'s state has no step counter (no int32 leaf named 'count'; "
+                f"its leaves: {', '.join(s.name for s in self.manifest.state) or '(none)'}); count "
+                f"the steps in the host loop instead"
+            )
+        return int(state[leaf])
+
+    def current_learning_rate(self, state: Tree) -> float:
+        """The learning rate the *next* step will use.
+
+        A numeric rate is the tunable hyperparameter ``learning_rate`` (as set by
+        :meth:`set_hyperparameter`). A schedule is evaluated by the module's own
+        ``learning_rate(state...)`` export, which the compiler adds when the rate is a schedule
+        (``schedule(count)`` at the scale member's count, so no JAX is needed here). Raises
+        :class:`ModuleError` when the module has neither (no learning rate member, or one nested
+        inside a combinator such as ``apply_if_finite``, or a module compiled before the export
+        existed).
+        """
+        if any(h.name == "learning_rate" for h in self.manifest.hyperparameters):
+            return self.get_hyperparameter(state, "learning_rate")
+        if "learning_rate" in self.manifest.functions:
+            out = self.call("learning_rate", state=state)["learning_rate"]
+            return float(out.leaves()[0])
+        raise ModuleError(
+            f"{self.manifest.name} has no readable learning rate: no tunable 'learning_rate' "
+            f"hyperparameter and no 'learning_rate' export (composition "
+            f"{' |> '.join(self.manifest.composition) or '?'}; the export is compiled only for a "
+            f"top-level scale_by_learning_rate with a schedule)"
+        )
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save_checkpoint(self, path, state, params=None):
+        """``polaris_runtime.checkpoint.save(path, self, state, params)``: atomic, and
+        ``state``/``params`` stay usable (they are read back, not donated)."""
+        from polaris_runtime import checkpoint
+
+        return checkpoint.save(path, self, state, params)
+
+    def restore_checkpoint(self, path, *, strict: bool = False):
+        """``polaris_runtime.checkpoint.restore(path, self)``: ``(state, params_or_None)`` Trees."""
+        from polaris_runtime import checkpoint
+
+        return checkpoint.restore(path, self, strict=strict)
+
 
 def read_manifest(vm_module: rt.VmModule) -> Manifest:
     for fname in vm_module.function_names:
@@ -430,6 +514,7 @@ def load(path_or_bytes, device: str | None = None) -> Module:
     manifest = read_manifest(probe)
     targets = manifest.target.get("targets") or [manifest.target.get("name", "llvm-cpu")]
     driver = dev.pick_driver(list(targets), device)
+    dev.check_vulkan_family(manifest.target, driver)
     cfg = dev.config_for(driver)
     vm = _vm_module(cfg.vm_instance, data, where)
     cls = Optimizer if manifest.kind == "optimizer" else Module
