@@ -3,6 +3,7 @@
 No JAX, no compiler, no frontend: a deploy host installs ``polaris-iree-runtime`` alone.
 """
 
+from polaris_runtime import checkpoint
 from polaris_runtime.errors import (
     BindingError,
     CheckpointError,
@@ -39,6 +40,7 @@ __all__ = [
     "PolarisRuntimeError",
     "SchemaVersionError",
     "Tree",
+    "checkpoint",
     "flatten_names",
     "inspect_module",
     "load",
