@@ -13,14 +13,44 @@ from polaris.cli.options import json_option
 @click.command("inspect")
 @click.argument("module", type=click.Path(dir_okay=False))
 @json_option
-def inspect_cmd(module: str, as_json: bool) -> None:
-    """Show what a compiled module is: optimizer, options, layout, signature, target, versions."""
+@click.option(
+    "--c-header",
+    "c_header",
+    is_flag=True,
+    help="Print a C header listing the exported functions and their arguments in order "
+    "(names, shapes, dtypes, IREE types; dynamic dims as -1 and macros).",
+)
+@click.option(
+    "--prefix",
+    default=None,
+    metavar="NAME",
+    help="Prefix of the C header's identifiers (default: polaris_<file stem>).",
+)
+def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) -> None:
+    """Show what a compiled module is: optimizer, options, layout, signature, target, versions.
+
+    \b
+    Examples:
+      polaris inspect adam.vmfb
+      polaris inspect adam.vmfb --json
+      polaris inspect adam.vmfb --c-header > adam_module.h
+    """
     import polaris_runtime as pr
 
+    if as_json and c_header:
+        raise UsageFailure("--json and --c-header are exclusive; pick one")
     try:
         m = pr.inspect_module(module)
     except pr.PolarisRuntimeError as e:
         raise UsageFailure(str(e)) from None
+    if c_header:
+        import pathlib
+
+        from polaris_runtime.cheader import c_header as make_header
+
+        stem = pathlib.Path(module).stem
+        click.echo(make_header(m, prefix=prefix or f"polaris_{stem}", source=pathlib.Path(module).name), nl=False)
+        return
     if as_json:
         click.echo(m.to_json(indent=2))
         return
