@@ -30,6 +30,7 @@ class ModuleCache:
         options = dict(options or {})
         lay = layout if layout is not None else Layout.flat()
         key = _key(name, options, repr(lay.tree) if lay.kind == "tree" else "flat", target, compile_kw)
+        compile_kw = dict(compile_kw)
         if key not in self._artifacts:
             spec = registry.get(name)
             tx = spec.build(**options)
@@ -47,10 +48,10 @@ class ModuleCache:
             art.save(p)
         return p
 
-    def load(self, name: str, options: dict | None = None, layout=None, device: str | None = None, **kw):
+    def load(self, name: str, options: dict | None = None, layout=None, device: str | None = None, target: str = "llvm-cpu", **kw):
         import polaris_runtime as pr
 
-        return pr.load(self.path(name, options, layout, **kw), device=device)
+        return pr.load(self.path(name, options, layout, target=target, **kw), device=device)
 
 
 @pytest.fixture(scope="session")

@@ -220,15 +220,24 @@ def _hyperparameters(tx, layout: Layout, state_shape, state_names) -> list[dict]
 
 def _target_record(options: CompileOptions, flags: list[str]) -> dict:
     o = options.resolved()
-    rec = {"name": o.target.value, "backend": o.target.backend, "driver": o.target.driver, "flags": flags}
-    if o.target.value == "llvm-cpu":
-        rec["cpu"] = o.cpu
-        if o.cpu_triple:
-            rec["triple"] = o.cpu_triple
-    elif o.target.value == "cuda":
-        rec["arch"] = o.cuda_arch
-    elif o.target.value == "vulkan":
-        rec["arch"] = o.vulkan_target
+    rec = {"name": ",".join(t.value for t in o.targets), "backend": o.target.backend, "driver": o.target.driver, "flags": flags}
+    if len(o.targets) > 1:
+        rec["targets"] = [t.value for t in o.targets]
+    for t in o.targets:
+        if t.value == "llvm-cpu":
+            rec["cpu"] = o.cpu
+            if len(o.cpu_variants) > 1:
+                rec["cpu_variants"] = list(o.cpu_variants)
+            if o.cpu_triple:
+                rec["triple"] = o.cpu_triple
+        elif t.value == "cuda":
+            rec["cuda_arch"] = o.cuda_arch
+        elif t.value == "vulkan":
+            rec["vulkan_target"] = o.vulkan_target
+        elif t.value == "rocm":
+            rec["rocm_arch"] = o.rocm_arch
+    if len(o.targets) == 1 and o.target.value in ("cuda", "vulkan", "rocm"):
+        rec["arch"] = {"cuda": o.cuda_arch, "vulkan": o.vulkan_target, "rocm": o.rocm_arch}[o.target.value]
     notes = options.notes()
     if notes:
         rec["notes"] = notes
@@ -338,19 +347,22 @@ def _save_temps(d: str, parts, mlir, flags, manifest) -> None:
 def _iree_compile(mlir: str, options: CompileOptions, flags: list[str], temps: str | None) -> bytes:
     import iree.compiler as ic
 
-    backend_flag = f"--iree-hal-target-backends={options.target.backend}"
-    extra = [f for f in flags if f != backend_flag and not f.startswith("--iree-input-type=")]
+    from polaris_compiler import cpu_variants
+
+    o = options.resolved()
+    stage_flags = [f for f in flags if not f.startswith("--iree-input-type=")]
     try:
-        return ic.compile_str(
-            mlir,
-            target_backends=[options.target.backend],
-            input_type="stablehlo",
-            extra_args=extra,
-        )
+        if len(o.targets) == 1 and len(o.cpu_variants) > 1:
+            rest = [f for f in stage_flags if f != "--iree-hal-link-executables=false"]
+            return cpu_variants.compile_variants(mlir, o.cpu_variants, o.cpu_triple, rest)
+        return ic.compile_str(mlir, input_type="stablehlo", extra_args=stage_flags)
     except ic.CompilerToolError as e:
         diag = getattr(e, "stderr_text", None) or str(e)
         raise CompileError(
-            f"iree-compile failed for target {options.target.value}", flags=flags, diagnostics=diag, temps=temps
+            f"iree-compile failed for target {','.join(t.value for t in o.targets)}",
+            flags=flags,
+            diagnostics=diag,
+            temps=temps,
         ) from None
 
 

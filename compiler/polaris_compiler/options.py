@@ -67,13 +67,25 @@ class CompileOptions:
     """How to compile: target, its architecture choice, extra flags, where to keep temps."""
 
     target: Target = Target.LLVM_CPU
-    cpu: str = "host"  # --iree-llvmcpu-target-cpu (host, a CPU name such as znver3, or generic)
+    extra_targets: tuple[Target, ...] = ()  # more targets in the same module (runtime picks)
+    cpu: str = "host"  # host, a CPU name (znver3), a list "a,b,c" (best first) or "portable"
     cpu_triple: str | None = None  # e.g. aarch64-unknown-linux-gnu
     cuda_arch: str = "sm_80"
     vulkan_target: str = "ampere"
     rocm_arch: str = "gfx942"
     extra_args: tuple[str, ...] = ()
     save_temps: str | None = None
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return (self.target, *[t for t in self.extra_targets if t is not self.target])
+
+    @property
+    def cpu_variants(self) -> tuple[str, ...]:
+        """The CPUs to build variants for (one unless ``cpu`` names a list or a preset)."""
+        from polaris_compiler.cpu_variants import expand
+
+        return expand(self.cpu)
 
     def resolved(self) -> CompileOptions:
         """Options with fallbacks applied (e.g. Hopper CUDA names to sm_80 PTX)."""
@@ -92,19 +104,56 @@ class CompileOptions:
         return []
 
 
+DEVICE_FOR_TARGET = {
+    Target.LLVM_CPU: "local",
+    Target.CUDA: "cuda",
+    Target.VULKAN: "vulkan",
+    Target.ROCM: "hip",
+    Target.METAL: "metal",
+}
+
+
 def build_flags(opts: CompileOptions) -> list[str]:
-    """``iree-compile`` flags for ``opts`` (input type and target backend included)."""
+    """``iree-compile`` flags for ``opts`` (input type and target selection included).
+
+    * one target: ``--iree-hal-target-backends=`` plus that target's architecture flag;
+    * several targets (``llvm-cpu,cuda,vulkan``): one device that selects among them at run time
+      (``--iree-hal-target-device=cuda,vulkan,local``), with executable linking off, which
+      IREE 3.13 needs for a multi-target module to load (docs/targets.md);
+    * several CPU variants (``cpu="portable"``): no CPU flag here; the variants go into the
+      module's ``hal.device.targets`` (see :mod:`polaris_compiler.cpu_variants`).
+    """
     o = opts.resolved()
-    flags = ["--iree-input-type=stablehlo", f"--iree-hal-target-backends={o.target.backend}"]
-    if o.target is Target.LLVM_CPU:
-        flags.append(f"--iree-llvmcpu-target-cpu={o.cpu}")
-        if o.cpu_triple:
-            flags.append(f"--iree-llvmcpu-target-triple={o.cpu_triple}")
-    elif o.target is Target.CUDA:
-        flags.append(f"--iree-cuda-target={o.cuda_arch}")
-    elif o.target is Target.VULKAN:
-        flags.append(f"--iree-vulkan-target={o.vulkan_target}")
-    elif o.target is Target.ROCM:
-        flags.append(f"--iree-rocm-target={o.rocm_arch}")
+    targets = o.targets
+    multi_cpu = Target.LLVM_CPU in targets and len(o.cpu_variants) > 1
+    if multi_cpu and len(targets) > 1:
+        from polaris._src.errors import OptionError
+
+        raise OptionError(
+            "several CPU variants (cpu list or preset) cannot be combined with other targets in one "
+            "module yet; build the CPU module and the GPU module separately"
+        )
+    flags = ["--iree-input-type=stablehlo"]
+    if len(targets) == 1 and not multi_cpu:
+        flags.append(f"--iree-hal-target-backends={o.target.backend}")
+    elif len(targets) > 1:
+        flags.append("--iree-hal-target-device=" + ",".join(DEVICE_FOR_TARGET[t] for t in targets))
+        if Target.LLVM_CPU in targets:
+            flags.append("--iree-hal-local-target-device-backends=llvm-cpu")
+        flags.append("--iree-hal-link-executables=false")
+    else:
+        flags.append("--iree-hal-link-executables=false")
+    for t in targets:
+        if t is Target.LLVM_CPU:
+            if not multi_cpu:
+                flags.append(f"--iree-llvmcpu-target-cpu={o.cpu}")
+            if o.cpu_triple:
+                flags.append(f"--iree-llvmcpu-target-triple={o.cpu_triple}")
+        elif t is Target.CUDA:
+            flags.append(f"--iree-cuda-target={o.cuda_arch}")
+        elif t is Target.VULKAN:
+            flags.append(f"--iree-vulkan-target={o.vulkan_target}")
+        elif t is Target.ROCM:
+            flags.append(f"--iree-rocm-target={o.rocm_arch}")
     flags.extend(o.extra_args)
     return flags

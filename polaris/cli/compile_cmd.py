@@ -56,7 +56,7 @@ def _say(msg: str) -> None:
 @click.option("--layout", "-l", type=click.Path(), help="Parameter layout: .json, .npz or .safetensors. Default: one flat f32 vector of any length.")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]), help="Element type of the flat layout.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output .vmfb (default: NAME[-OPTIONSHASH]-LAYOUT-TARGET.vmfb).")
-@click.option("--cpu", default="host", show_default=True, help="llvm-cpu: CPU to tune for (host, a name such as znver3, or generic).")
+@click.option("--cpu", default="host", show_default=True, help="llvm-cpu: CPU to build for: host, a name (znver3, x86-64-v3, generic), a list best-first (x86-64-v4,x86-64-v3,x86-64-v2) or 'portable' (that list: the best variant is picked where the module loads).")
 @click.option("--cpu-triple", default=None, help="llvm-cpu: target triple for cross compiling, e.g. aarch64-unknown-linux-gnu.")
 @click.option("--cuda-arch", default="sm_80", show_default=True, help="cuda: GPU architecture (PTX runs on newer GPUs).")
 @click.option("--vulkan-target", default="ampere", show_default=True, help="vulkan: target GPU family (ampere, rdna3, valhall, adreno, ...).")
@@ -76,11 +76,12 @@ def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, c
         opts = _parse_options(spec, options)
         from polaris_compiler.options import CompileOptions, Target
 
-        tgt = Target.parse(target)
+        tgts = [Target.parse(t) for t in target.split(",") if t.strip()]
+        if not tgts:
+            raise UsageFailure(f"--target is empty; valid targets: {', '.join(TARGETS)}")
+        tgt = tgts[0]
     except PolarisError as e:
         raise UsageFailure(str(e)) from None
-    if target.lower() not in TARGETS and tgt.value not in TARGETS:  # pragma: no cover
-        raise UsageFailure(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
 
     t0 = time.perf_counter()
     _say(f"[1/3] building {name} and reading the layout ...")
@@ -93,6 +94,7 @@ def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, c
         raise UsageFailure(str(e)) from None
     copts = CompileOptions(
         target=tgt,
+        extra_targets=tuple(tgts[1:]),
         cpu=cpu,
         cpu_triple=cpu_triple,
         cuda_arch=cuda_arch,
@@ -103,14 +105,15 @@ def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, c
     for note in copts.notes():
         _say(f"note: {note}")
     full = {**spec.defaults(), **opts}
-    _say(f"[2/3] tracing init/update/step with jax.export and compiling for {tgt.value} ...")
+    where = ",".join(t.value for t in copts.targets)
+    _say(f"[2/3] tracing init/update/step with jax.export and compiling for {where} ...")
     try:
         art = compile_optimizer(tx, lay, copts, name=name, optimizer_options=full)
     except CompileError as e:
         raise UsageFailure(str(e)) from None
     except PolarisError as e:
         raise UsageFailure(str(e)) from None
-    out = output or default_output(name, opts, spec.defaults(), layout, dtype, tgt.value)
+    out = output or default_output(name, opts, spec.defaults(), layout, dtype, "+".join(t.value for t in copts.targets))
     path = art.save(out)
     _say(f"[3/3] wrote {path} ({len(art.vmfb) / 1024:.1f} KiB) in {time.perf_counter() - t0:.1f} s")
     click.echo(str(path))

@@ -13,7 +13,7 @@ def target_option(f):
         "-t",
         default="llvm-cpu",
         show_default=True,
-        help=f"Where the module runs: {', '.join(TARGETS)}.",
+        help=f"Where the module runs: {', '.join(TARGETS)}; several comma-separated go into one module (the runtime's device picks).",
     )(f)
 
 

@@ -123,3 +123,64 @@ def _staged_to_host(array) -> np.ndarray:
     if array._override_dtype is not None and array._override_dtype != dtype:
         out = out.astype(array._override_dtype)
     return out
+
+
+# Vulkan modules are built for a device family: its subgroup size and dispatch limits are baked
+# in. A module for `ampere` (subgroup 32, 2^31-1 workgroups in x) computes wrong reductions on
+# Mesa's llvmpipe (subgroup 8, 65535 workgroups), silently. Refuse the known mismatches.
+VULKAN_FAMILIES = {
+    "nvidia": ("ampere", "ada", "turing", "volta", "pascal", "hopper", "blackwell", "sm_"),
+    "amd": ("rdna", "cdna", "gfx", "rx", "mi"),
+    "arm": ("valhall", "mali"),
+    "qualcomm": ("adreno",),
+    "llvmpipe": ("llvmpipe",),
+}
+_DEVICE_WORDS = {
+    "llvmpipe": "llvmpipe",
+    "nvidia": "nvidia",
+    "geforce": "nvidia",
+    "quadro": "nvidia",
+    "tesla": "nvidia",
+    "h100": "nvidia",
+    "h200": "nvidia",
+    "radeon": "amd",
+    "amd": "amd",
+    "mali": "arm",
+    "adreno": "qualcomm",
+}
+
+
+def _family_of_target(name: str) -> str | None:
+    n = name.lower()
+    for fam, prefixes in VULKAN_FAMILIES.items():
+        if any(n.startswith(p) for p in prefixes):
+            return fam
+    return None
+
+
+def vulkan_device_name(driver: str) -> str | None:
+    try:
+        devices = rt.get_driver(driver.split("://")[0]).query_available_devices()
+    except Exception:
+        return None
+    return devices[0].get("name") if devices else None
+
+
+def check_vulkan_family(target: dict, driver: str) -> None:
+    """Raises :class:`DeviceError` when a Vulkan module was built for another device family."""
+    built_for = target.get("vulkan_target") or target.get("arch")
+    if not built_for or not driver.startswith("vulkan"):
+        return
+    name = vulkan_device_name(driver)
+    if not name:
+        return
+    low = name.lower()
+    device_family = next((fam for word, fam in _DEVICE_WORDS.items() if word in low), None)
+    module_family = _family_of_target(built_for)
+    if device_family and module_family and device_family != module_family:
+        suggestion = {"llvmpipe": "llvmpipe", "nvidia": "ampere", "amd": "rdna3", "arm": "valhall", "qualcomm": "adreno"}[device_family]
+        raise DeviceError(
+            f"the module was compiled for Vulkan target {built_for!r} ({module_family}) but the "
+            f"Vulkan device here is {name!r} ({device_family}); its subgroup size and dispatch "
+            f"limits differ and results would be wrong. Recompile with --vulkan-target {suggestion}"
+        )
