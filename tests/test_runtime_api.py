@@ -151,50 +151,35 @@ def test_no_counter_and_no_rate_are_explained(modules):
 
 
 # -- apply_if_finite through the runtime -----------------------------------------------------------
-def _guarded_artifact(donate: bool):
+def _guarded_artifact():
     from polaris._src.base import chain
     from polaris.optimizers import adam
     from polaris.updates import apply_if_finite
-    from polaris_compiler import compile as compile_mod
     from polaris_compiler import compile_optimizer
 
     tx = chain(apply_if_finite(adam(learning_rate=0.1), max_consecutive_errors=3))
-    with pytest.MonkeyPatch.context() as mp:
-        if not donate:  # see test_apply_if_finite_with_donation_runs_in_iree
-            real = compile_mod.export_text
-            mp.setattr(compile_mod, "export_text", lambda fn, args, donate=(): real(fn, args, ()))
-        return compile_optimizer(tx, Layout.from_tree(PARAMS), name="adam_if_finite",
-                                 optimizer_options={"learning_rate": 0.1, "max_consecutive_errors": 3})
+    return compile_optimizer(tx, Layout.from_tree(PARAMS), name="adam_if_finite",
+                             optimizer_options={"learning_rate": 0.1, "max_consecutive_errors": 3})
 
 
 @pytest.fixture(scope="module")
 def guarded():
-    return pr.load(_guarded_artifact(donate=False).vmfb)
+    return pr.load(_guarded_artifact().vmfb)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pr.ModuleError,
-    reason="IREE 3.13: a donated (tf.aliasing_output) buffer passed through lax.cond fails at run time "
-    "with 'command_buffer_validation.c:196: OUT_OF_RANGE; indirect buffer reference slot 0 is out "
-    "range of the declared binding capacity'; the same module without donation runs. Remove this "
-    "xfail when the compiler works around it.",
-)
-def test_apply_if_finite_with_donation_runs_in_iree():
-    opt = pr.load(_guarded_artifact(donate=True).vmfb)
-    s = opt.init(PARAMS)
-    opt.step(PARAMS, _grads(0.5), s)
+def test_apply_if_finite_runs_with_in_place_outputs(guarded):
+    """Regression: with lax.cond, IREE 3.13 failed on donated buffers ('indirect buffer reference
+    slot 0 is out of range'); apply_if_finite now selects instead of branching."""
+    step = guarded.manifest.functions["step"]
+    assert step.donates == ("params", "state")
+    s = guarded.init(PARAMS)
+    p, s = guarded.step(PARAMS, _grads(0.5), s)
+    assert guarded.step_count(s) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compiled update() with a state leaf the transform passes through unchanged: JAX pairs "
-    "donated inputs with outputs by shape/dtype in order (the first donated f32[n] state leaf "
-    "aliases the *updates* output), IREE writes the updates into that buffer and the passed-through "
-    "state output, being the same buffer, reads back the updates. step() pairs them one to one and "
-    "is right. Remove this xfail when the compiler pins the aliasing (state i -> state output i).",
-)
 def test_update_returns_a_passed_through_state_leaf_unchanged():
+    """Regression: JAX paired donated inputs with outputs by shape, aliasing a state leaf with the
+    *updates* output; the compiler now pins state i -> state output i."""
     from typing import NamedTuple
 
     import jax.numpy as jnp

@@ -123,8 +123,14 @@ def compile_optimizer(
     t0 = time.perf_counter()
     parts = {
         "init": export_text(init_fn, p_leaves),
-        "update": export_text(update_fn, [*p_leaves, *s_leaves, *p_leaves], donate=range(n_p, n_p + n_s)),
-        "step": export_text(step_fn, [*p_leaves, *p_leaves, *s_leaves], donate=[*range(n_p), *range(2 * n_p, 2 * n_p + n_s)]),
+        "update": export_text(update_fn, [*p_leaves, *s_leaves, *p_leaves]),
+        "step": export_text(step_fn, [*p_leaves, *p_leaves, *s_leaves]),
+    }
+    # In-place outputs, pinned leaf to leaf: update's state i -> its state output i; step's
+    # params i -> params output i and state j -> state output j.
+    aliases = {
+        "update": {n_p + j: n_p + j for j in range(n_s)},
+        "step": {**{i: i for i in range(n_p)}, **{2 * n_p + j: n_p + j for j in range(n_s)}},
     }
     param_names = [n for n, _ in layout.leaves()]
     state_names = [n for n, _ in tree_leaves_with_names(state_shape)]
@@ -153,7 +159,7 @@ def compile_optimizer(
         "versions": versions.all_versions(),
     }
     _add_learning_rate_export(tx, s_def, s_leaves, hps, parts, manifest)
-    return _finish(parts, manifest, options, flags, t0)
+    return _finish(parts, manifest, options, flags, t0, aliases)
 
 
 # -- optional 4th export: learning_rate(state...) -> (lr,) ------------------------------------
@@ -323,10 +329,10 @@ def compile_functions(
     return _finish(parts, manifest, options, flags, t0)
 
 
-def _finish(parts, manifest, options: CompileOptions, flags, t0) -> Artifact:
+def _finish(parts, manifest, options: CompileOptions, flags, t0, aliases=None) -> Artifact:
     Manifest.from_dict(manifest)  # the runtime's parser is the definition of the format
     refl = manifest_reflection(manifest)
-    mlir = merge_modules(parts, {entry: refl for entry in parts})
+    mlir = merge_modules(parts, {entry: refl for entry in parts}, aliases=aliases)
     temps = options.save_temps or os.environ.get("POLARIS_SAVE_TEMPS") or None
     if temps:
         _save_temps(temps, parts, mlir, flags, manifest)

@@ -20,16 +20,28 @@ EXPORT_PLATFORM = "cpu"
 def export_text(
     fn: Callable, args: Sequence[jax.ShapeDtypeStruct], donate: Sequence[int] = ()
 ) -> str:
-    """StableHLO text of ``fn`` traced at ``args`` (flat positional arrays)."""
+    """StableHLO text of ``fn`` traced at ``args`` (flat positional arrays).
+
+    Prefer ``donate=()`` and :func:`merge_modules`'s ``aliases``: JAX pairs donated inputs with
+    outputs by shape and dtype in order, which can alias a state input with an *updates* output.
+    """
     jitted = jax.jit(fn, donate_argnums=tuple(donate), keep_unused=True)
     exported = jax.export.export(jitted, platforms=[EXPORT_PLATFORM])(*args)
     return exported.mlir_module()
 
 
-def merge_modules(parts: dict[str, str], reflection: dict[str, dict[str, str]], name: str = "polaris") -> str:
+def merge_modules(
+    parts: dict[str, str],
+    reflection: dict[str, dict[str, str]],
+    name: str = "polaris",
+    aliases: dict[str, dict[int, int]] | None = None,
+) -> str:
     """One MLIR module holding every ``parts[entry]``'s ``main`` renamed to ``entry``.
 
     ``reflection[entry]`` is added to that function's ``iree.reflection`` attribute (strings only).
+    ``aliases[entry]`` maps argument index -> result index: each such argument gets
+    ``tf.aliasing_output`` (IREE writes that result into the argument's buffer), replacing any
+    pairing JAX chose.
     """
     from iree.compiler import ir
 
@@ -48,6 +60,8 @@ def merge_modules(parts: dict[str, str], reflection: dict[str, dict[str, str]], 
                 ir.SymbolTable.set_symbol_name(op, new)
                 if sym == "main":
                     op.attributes["sym_visibility"] = ir.StringAttr.get("public")
+                    if aliases and entry in aliases:
+                        _pin_aliases(ir, op, aliases[entry])
                     attrs = {k: ir.StringAttr.get(v) for k, v in reflection.get(entry, {}).items()}
                     op.attributes["iree.reflection"] = ir.DictAttr.get(attrs)
                 else:
@@ -55,6 +69,23 @@ def merge_modules(parts: dict[str, str], reflection: dict[str, dict[str, str]], 
             for op in ops:
                 out.body.append(op)
         return str(out.operation.get_asm(enable_debug_info=False))
+
+
+def _pin_aliases(ir, func_op, aliases: dict[int, int]) -> None:
+    n_args = len(func_op.regions[0].blocks[0].arguments)
+    old = func_op.attributes["arg_attrs"] if "arg_attrs" in func_op.attributes else None
+    i32 = ir.IntegerType.get_signless(32)
+    new = []
+    for i in range(n_args):
+        entries = {}
+        if old is not None:
+            for named in ir.DictAttr(ir.ArrayAttr(old)[i]):
+                if named.name not in ("tf.aliasing_output", "jax.buffer_donor"):
+                    entries[named.name] = named.attr
+        if i in aliases:
+            entries["tf.aliasing_output"] = ir.IntegerAttr.get(i32, aliases[i])
+        new.append(ir.DictAttr.get(entries))
+    func_op.attributes["arg_attrs"] = ir.ArrayAttr.get(new)
 
 
 def manifest_reflection(manifest: dict) -> dict[str, str]:

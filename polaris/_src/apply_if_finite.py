@@ -60,19 +60,14 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int) -> Transform:
             isfinite, jnp.zeros([], tu.COUNT_DTYPE), tu.safe_increment(state.notfinite_count)
         )
 
-        def do_update(operand):
-            u, s = operand
-            return inner.update(u, s, params)
-
-        def reject(operand):
-            u, s = operand
-            return jax.tree.map(jnp.zeros_like, u), s
-
-        out, inner_state = jax.lax.cond(
-            jnp.logical_or(isfinite, notfinite_count > max_consecutive_errors),
-            do_update,
-            reject,
-            (updates, state.inner_state),
+        # Both branches are computed and the result selected (no lax.cond): a compiled module
+        # stays one straight-line dispatch sequence, and IREE 3.13 fails at run time on donated
+        # buffers that flow through a conditional region.
+        take = jnp.logical_or(isfinite, notfinite_count > max_consecutive_errors)
+        new_updates, new_inner = inner.update(updates, state.inner_state, params)
+        out = jax.tree.map(lambda u: jnp.where(take, u, jnp.zeros_like(u)), new_updates)
+        inner_state = jax.tree.map(
+            lambda new, old: jnp.where(take, new, old), new_inner, state.inner_state
         )
         return out, ApplyIfFiniteState(
             notfinite_count=notfinite_count,
