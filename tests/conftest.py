@@ -9,6 +9,18 @@ import jax
 import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_compile_cache(tmp_path_factory):
+    """The CLI's compile cache goes to a fresh folder for the test session."""
+    old = os.environ.get("POLARIS_CACHE_DIR")
+    os.environ["POLARIS_CACHE_DIR"] = str(tmp_path_factory.mktemp("compile-cache"))
+    yield
+    if old is None:
+        os.environ.pop("POLARIS_CACHE_DIR", None)
+    else:
+        os.environ["POLARIS_CACHE_DIR"] = old
 jax.config.update("jax_default_matmul_precision", "highest")
 
 

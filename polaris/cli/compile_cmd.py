@@ -41,6 +41,42 @@ def default_output(name: str, options: dict, defaults: dict, layout, dtype: str,
     return "-".join(parts) + ".vmfb"
 
 
+def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra) -> str | None:
+    from polaris_compiler import cache
+
+    try:
+        layout_id = None if layout is None else cache.file_digest(layout)
+    except OSError:
+        return None  # an unreadable layout: let the normal path report it
+    return cache.request_key(
+        {
+            "optimizer": name,
+            "options": sorted(o.strip() for o in options),
+            "target": target.lower(),
+            "layout": layout_id,
+            "dtype": dtype,
+            "cpu": cache.host_cpu() if cpu == "host" else cpu,
+            "cpu_triple": cpu_triple,
+            "cuda_arch": cuda_arch,
+            "vulkan_target": vulkan_target,
+            "extra": list(extra),
+        }
+    )
+
+
+def _write(path: str, data: bytes) -> pathlib.Path:
+    import os
+    import tempfile
+
+    p = pathlib.Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, p)
+    return p
+
+
 def _short(dtype: str) -> str:
     return {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(dtype, dtype)
 
@@ -62,12 +98,30 @@ def _say(msg: str) -> None:
 @click.option("--vulkan-target", default="ampere", show_default=True, help="vulkan: target GPU family (ampere, rdna3, valhall, adreno, ...).")
 @click.option("--save-temps", type=click.Path(file_okay=False), default=None, help="Keep the .mlir, flags and manifest in this folder (also POLARIS_SAVE_TEMPS).")
 @click.option("--iree-flag", "extra", multiple=True, help="Extra flag passed to iree-compile (repeatable).")
-def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, cuda_arch, vulkan_target, save_temps, extra):
+@click.option("--no-cache", is_flag=True, help="Compile even if the compile cache holds this module (also POLARIS_NO_CACHE=1).")
+def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, cuda_arch, vulkan_target, save_temps, extra, no_cache):
     """Compile optimizer NAME to an IREE module exporting init, update and step.
 
     OPTIONS are KEY=VALUE pairs (see `polaris list`); a learning rate may be a schedule,
-    e.g. learning_rate='cosine_decay(1e-3, decay_steps=1000)'.
+    e.g. learning_rate='cosine_decay(1e-3, decay_steps=1000)'. An identical request is served
+    from the compile cache (no JAX, no compiler): see docs/cache.md.
     """
+    t0 = time.perf_counter()
+    from polaris_compiler import cache
+
+    key = None
+    if not (no_cache or save_temps) and cache.enabled():
+        key = _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra)
+        hit = cache.get(key) if key else None
+        if hit is not None:
+            data, info = hit
+            out = output or info.get("output") or f"{name}.vmfb"
+            path = _write(out, data)
+            _say(f"[cache] {path} ({len(data) / 1024:.1f} KiB) came from the compile cache "
+                 f"(key {key[:12]}, {cache.cache_dir()}) in {time.perf_counter() - t0:.2f} s; --no-cache rebuilds")
+            click.echo(str(path))
+            return
+
     from polaris._src import registry
     from polaris._src.errors import PolarisError
 
@@ -83,7 +137,6 @@ def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, c
     except PolarisError as e:
         raise UsageFailure(str(e)) from None
 
-    t0 = time.perf_counter()
     _say(f"[1/3] building {name} and reading the layout ...")
     from polaris_compiler import CompileError, Layout, compile_optimizer
 
@@ -113,7 +166,9 @@ def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, c
         raise UsageFailure(str(e)) from None
     except PolarisError as e:
         raise UsageFailure(str(e)) from None
-    out = output or default_output(name, opts, spec.defaults(), layout, dtype, "+".join(t.value for t in copts.targets))
-    path = art.save(out)
+    default = default_output(name, opts, spec.defaults(), layout, dtype, "+".join(t.value for t in copts.targets))
+    path = art.save(output or default)
+    if key:
+        cache.put(key, art.vmfb, {"output": default, "optimizer": name, "seconds": art.seconds})
     _say(f"[3/3] wrote {path} ({len(art.vmfb) / 1024:.1f} KiB) in {time.perf_counter() - t0:.1f} s")
     click.echo(str(path))

@@ -1,0 +1,59 @@
+"""The content-addressed compile cache behind `polaris compile`."""
+
+from __future__ import annotations
+
+import hashlib
+
+from click.testing import CliRunner
+
+from polaris.cli.__main__ import cli
+from polaris_compiler import cache
+
+
+def test_second_identical_compile_comes_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("POLARIS_CACHE_DIR", str(tmp_path / "cache"))
+    runner = CliRunner()
+    first = runner.invoke(cli, ["compile", "sgd", "momentum=0.9", "-o", str(tmp_path / "a.vmfb")])
+    assert first.exit_code == 0, first.output
+    assert "[3/3] wrote" in first.stderr and "cache" not in first.stderr.lower()
+    second = runner.invoke(cli, ["compile", "sgd", "momentum=0.9", "-o", str(tmp_path / "b.vmfb")])
+    assert second.exit_code == 0
+    assert "came from the compile cache" in second.stderr
+    assert (tmp_path / "a.vmfb").read_bytes() == (tmp_path / "b.vmfb").read_bytes()
+    # another option, another key
+    third = runner.invoke(cli, ["compile", "sgd", "momentum=0.5", "-o", str(tmp_path / "c.vmfb")])
+    assert "[3/3] wrote" in third.stderr
+    # --no-cache compiles again
+    fourth = runner.invoke(cli, ["compile", "sgd", "momentum=0.9", "--no-cache", "-o", str(tmp_path / "d.vmfb")])
+    assert "[3/3] wrote" in fourth.stderr
+
+
+def test_layout_file_contents_are_part_of_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("POLARIS_CACHE_DIR", str(tmp_path / "cache"))
+    layout = tmp_path / "l.json"
+    layout.write_text('{"w": [3]}')
+    runner = CliRunner()
+    assert runner.invoke(cli, ["compile", "adam", "--layout", str(layout), "-o", str(tmp_path / "1.vmfb")]).exit_code == 0
+    layout.write_text('{"w": [4]}')
+    r = runner.invoke(cli, ["compile", "adam", "--layout", str(layout), "-o", str(tmp_path / "2.vmfb")])
+    assert "[3/3] wrote" in r.stderr
+
+
+def test_damaged_entries_are_misses(tmp_path, monkeypatch):
+    monkeypatch.setenv("POLARIS_CACHE_DIR", str(tmp_path))
+    key = cache.request_key({"x": 1})
+    cache.put(key, b"module-bytes", {"output": "m.vmfb"})
+    data, info = cache.get(key)
+    assert data == b"module-bytes" and info["sha256"] == hashlib.sha256(data).hexdigest()
+    (tmp_path / key[:2] / f"{key}.vmfb").write_bytes(b"module-bytez")
+    assert cache.get(key) is None
+    monkeypatch.setenv("POLARIS_NO_CACHE", "1")
+    cache.put(key, b"x")
+    assert cache.get(key) is None
+
+
+def test_keys_cover_versions_and_sources(tmp_path):
+    k1 = cache.request_key({"optimizer": "adam"})
+    assert k1 == cache.request_key({"optimizer": "adam"})
+    assert k1 != cache.request_key({"optimizer": "adamw"})
+    assert len(cache.source_digest()) == 64
