@@ -249,3 +249,22 @@ def test_saving_a_consumed_or_wrong_tree_is_refused(adam, tmp_path):
     with pytest.raises(pr.CheckpointError, match="has dtype float64"):
         adam.save_checkpoint(tmp_path / "x.safetensors", s2, start().astype(np.float64))
     assert not list(tmp_path.iterdir())
+
+
+def test_a_checkpoint_resumes_on_another_build_of_the_same_optimizer(modules, adam, tmp_path):
+    """Another target/flags (here a generic-x86 build) is another manifest digest: accepted,
+    refused only with strict=True."""
+    generic = modules.load("adam", dict(learning_rate=0.1), cpu="generic")
+    assert checkpoint.manifest_digest(generic.manifest) != checkpoint.manifest_digest(adam.manifest)
+    p, s = start(), adam.init(start())
+    for i in range(5):
+        p, s = adam.step(p, grads(i), s)
+    adam.save_checkpoint(tmp_path / "host.safetensors", s, p)
+    with pytest.raises(pr.CheckpointError, match="manifest digest"):
+        generic.restore_checkpoint(tmp_path / "host.safetensors", strict=True)
+    s2, p2 = generic.restore_checkpoint(tmp_path / "host.safetensors")
+    for i in range(5, 10):
+        p, s = adam.step(p, grads(i), s)
+        p2, s2 = generic.step(p2, grads(i), s2)
+    assert generic.step_count(s2) == 10
+    np.testing.assert_allclose(p2.numpy(), p.numpy(), rtol=1e-6, atol=1e-7)
