@@ -62,12 +62,12 @@ def optax_run(otx, params, grads_seq):
     return out
 
 
-def compiled_run(opt, params, grads_seq):
+def compiled_run(opt, params, grads_seq, segments=None):
     state = opt.init(params)
     out = []
     p = params
     for g in grads_seq:
-        p, state = opt.step(p, g, state)
+        p, state = opt.step(p, g, state, segments=segments)
         out.append(p.numpy())
     return out, state
 
@@ -191,7 +191,10 @@ def test_every_registered_optimizer_compiles_and_matches_eager(name, layout_kind
         layout = None
         grads = [rng.standard_normal(37).astype(np.float32) for _ in range(20)]
     opt = modules.load(name, opts, layout)
-    got, state = compiled_run(opt, params, grads)
+    # a flat module that reduces per tensor takes the tensor boundaries; one segment = the
+    # whole vector, as the eager reference sees it (tests/test_flat_segments.py: several)
+    segments = np.zeros(37, np.int32) if opt.takes_segments else None
+    got, state = compiled_run(opt, params, grads, segments=segments)
     ref, ref_state = eager_run(spec.build(**opts), params, grads)
     if name in SIGN_BASED:
         # sign(x) flips when x is within rounding of 0, so a few elements may take a step the other
