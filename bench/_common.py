@@ -50,6 +50,23 @@ OPTIMIZERS = tuple(POLARIS)
 ALIASES = {"sgd-momentum": "sgd_momentum", "sgdm": "sgd_momentum", "sgd": "sgd_momentum"}
 
 
+def optax_twin(opt: str):
+    """The Optax transform matching ``POLARIS[opt]`` (imports optax)."""
+    import optax
+
+    if opt == "adam":
+        return optax.adam(1e-3, b1=0.9, b2=0.999, eps=1e-8, eps_root=1e-15)
+    if opt == "adamw":
+        return optax.adamw(1e-3, b1=0.9, b2=0.999, eps=1e-8, eps_root=1e-15, weight_decay=0.01)
+    if opt == "lamb":
+        return optax.lamb(1e-2, b1=0.9, b2=0.999, eps=1e-8, eps_root=1e-15, weight_decay=0.01)
+    if opt == "sgd_momentum":
+        return optax.sgd(1e-2, momentum=0.9)
+    if opt == "lion":
+        return optax.lion(1e-4, b1=0.9, b2=0.99, weight_decay=1e-3)
+    raise ValueError(opt)
+
+
 def parse_optimizers(text: str) -> list[str]:
     out = []
     for t in text.split(","):

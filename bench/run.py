@@ -42,7 +42,7 @@ if __package__ in (None, ""):
 # np.dot). OpenBLAS reads them when it loads, so drop them for this process only, before numpy
 # is imported, by re-executing once. IREE and XLA do not use OpenBLAS.
 _OB = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-if any(k in os.environ for k in _OB) and "--keep-openblas-env" not in sys.argv:
+if __name__ == "__main__" and any(k in os.environ for k in _OB) and "--keep-openblas-env" not in sys.argv:
     env = {k: v for k, v in os.environ.items() if k not in _OB}
     env["POLARIS_BENCH_DROPPED_OPENBLAS_ENV"] = ",".join(f"{k}={os.environ[k]}" for k in _OB if k in os.environ)
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
@@ -90,19 +90,30 @@ def _smallest(specs) -> int:
     return int(np.argmin(sizes))
 
 
-def polaris_peer(path, params: dict | np.ndarray, grads: list[np.ndarray], driver: str) -> C.Timer:
+def _segment_ids(n: int, segments) -> dict:
+    """The ``segments`` input of a flat module that reduces per tensor: one tensor unless told."""
+    if segments is not None:
+        return {"segment_ids": np.asarray(segments.segment_ids, np.int32)}
+    return {"segment_ids": np.zeros(n, np.int32)}
+
+
+def polaris_peer(path, params: dict | np.ndarray, grads: list[np.ndarray], driver: str, segments=None) -> C.Timer:
+    """``segments``: a ``polaris_runtime.pack.Packing`` for flat modules that reduce per tensor."""
     import polaris_runtime as pr
     from polaris_runtime import device as dev
 
     opt = pr.load(path, device=driver)
+    kw = {}
+    if getattr(opt, "takes_segments", False):
+        kw["segments"] = opt.upload_segments(_segment_ids(int(np.size(params)), segments))
     state = opt.init(params)
     gdev = [dev.upload(opt.device, g) for g in grads]
-    p, s = opt.step(params, gdev, state)  # params uploaded once here; Trees from now on
+    p, s = opt.step(params, gdev, state, **kw)  # params uploaded once here; Trees from now on
     box = {"p": p, "s": s}
     leaf = s.names[_smallest(opt.manifest.group("state"))]
 
     def step():
-        box["p"], box["s"] = opt.step(box["p"], gdev, box["s"])
+        box["p"], box["s"] = opt.step(box["p"], gdev, box["s"], **kw)
 
     def sync():
         box["s"][leaf]  # reads one scalar back
@@ -110,57 +121,45 @@ def polaris_peer(path, params: dict | np.ndarray, grads: list[np.ndarray], drive
     return C.Timer(step, sync)
 
 
-def bare_peer(path, params: list[np.ndarray], grads: list[np.ndarray], driver: str) -> C.Timer:
+def bare_peer(path, params: list[np.ndarray], grads: list[np.ndarray], driver: str, segments=None) -> C.Timer:
     """The module's ``step`` through IREE's FunctionInvoker: no polaris binding or checks."""
     import iree.runtime as rt
+    import polaris_runtime as pr
     from polaris_runtime import device as dev
 
+    data = pathlib.Path(path).read_bytes()
+    inputs = pr.inspect_module(data).functions["step"].inputs
     cfg = dev.config_for(driver)  # the runtime's device: same executor, same worker threads
-    vm = rt.VmModule.copy_buffer(cfg.vm_instance, pathlib.Path(path).read_bytes())
+    vm = rt.VmModule.copy_buffer(cfg.vm_instance, data)
     ctx = rt.SystemContext(config=cfg)
     ctx.add_vm_module(vm)
     fns = ctx.modules[vm.name]
-    p = [dev.upload(cfg.device, x) for x in params]
-    g = [dev.upload(cfg.device, x) for x in grads]
-    s0 = fns["init"](*p)
+    groups = {"params": [dev.upload(cfg.device, x) for x in params], "grads": [dev.upload(cfg.device, x) for x in grads]}
+    s0 = fns["init"](*groups["params"])
     s0 = s0 if isinstance(s0, tuple) else (s0,)
-    s = [dev.upload(cfg.device, np.asarray(a.to_host())) for a in s0]  # own buffer per leaf
-    idx = int(np.argmin([int(np.prod(a.shape)) for a in s]))
+    groups["state"] = [dev.upload(cfg.device, np.asarray(a.to_host())) for a in s0]  # own buffer per leaf
+    if "segments" in inputs:
+        ids = _segment_ids(sum(int(np.size(x)) for x in params), segments)["segment_ids"]
+        groups["segments"] = [dev.upload(cfg.device, ids.reshape(-1, 1))]
+    idx = int(np.argmin([int(np.prod(a.shape)) for a in groups["state"]]))
     f = fns["step"]
-    k = len(p)
-    box = {"a": [*p, *g, *s]}
+    k = len(groups["params"])
 
     def step():
-        r = f(*box["a"])
-        box["a"] = [*r[:k], *g, *r[k:]]
+        r = f(*[a for grp in inputs for a in groups[grp]])
+        groups["params"], groups["state"] = list(r[:k]), list(r[k:])
 
     def sync():
-        box["a"][2 * k + idx].to_host()
+        groups["state"][idx].to_host()
 
     return C.Timer(step, sync)
-
-
-def optax_twin(opt: str):
-    import optax
-
-    if opt == "adam":
-        return optax.adam(1e-3, b1=0.9, b2=0.999, eps=1e-8, eps_root=1e-15)
-    if opt == "adamw":
-        return optax.adamw(1e-3, b1=0.9, b2=0.999, eps=1e-8, eps_root=1e-15, weight_decay=0.01)
-    if opt == "lamb":
-        return optax.lamb(1e-2, b1=0.9, b2=0.999, eps=1e-8, eps_root=1e-15, weight_decay=0.01)
-    if opt == "sgd_momentum":
-        return optax.sgd(1e-2, momentum=0.9)
-    if opt == "lion":
-        return optax.lion(1e-4, b1=0.9, b2=0.99, weight_decay=1e-3)
-    raise ValueError(opt)
 
 
 def optax_peer(opt: str, params, grads) -> C.Timer:
     import jax
     import optax
 
-    tx = optax_twin(opt)
+    tx = C.optax_twin(opt)
 
     def f(p, g, s):
         u, s = tx.update(g, s, p)
@@ -261,6 +260,7 @@ def run_suite(args) -> dict:
 
             p_leaves = list(pr.flatten_names(host_p).values())
             g_leaves = list(pr.flatten_names(host_g).values())
+            assert list(pr.flatten_names(host_p)) == [nm for nm, _ in leaves]
             label = "gpt2" if div == 1 else f"gpt2/{div}"
             reps = max(3, args.repeats // 3)
             make = {
@@ -271,18 +271,24 @@ def run_suite(args) -> dict:
             }
             make = {k: v for k, v in make.items() if k in args.peers}
             measure_group(opt, f"{label} tree", "tree", total, make, reps, args.warmup, args.target_s, results, floor)
-            fp = np.concatenate([x.reshape(-1) for x in p_leaves])
-            fg = np.concatenate([x.reshape(-1) for x in g_leaves])
-            del host_p, host_g, p_leaves, g_leaves
+            del p_leaves, g_leaves
+            from polaris_runtime.pack import pack
+
+            fp, packing = pack(host_p)
+            fg = packing.pack(host_g)
+            del host_p, host_g
+            # numpy has no flat LAMB with per-tensor trust ratios: it gets the tensors as views
+            np_p = [fp[a : a + n_] for a, n_ in zip(packing.offsets[:-1], packing.sizes, strict=True)] if opt == "lamb" else [fp]
+            np_g = [fg[a : a + n_] for a, n_ in zip(packing.offsets[:-1], packing.sizes, strict=True)] if opt == "lamb" else [fg]
             make = {
-                "polaris": lambda: polaris_peer(flat, fp, [fg], driver),
-                "iree-bare": lambda: bare_peer(flat, [fp], [fg], driver),
+                "polaris": lambda: polaris_peer(flat, fp, [fg], driver, segments=packing),
+                "iree-bare": lambda: bare_peer(flat, [fp], [fg], driver, segments=packing),
                 "optax": lambda: optax_peer(opt, fp, fg),
-                "numpy": lambda: numpy_peer(opt, [fp], [fg]),
+                "numpy": lambda: numpy_peer(opt, np_p, np_g),
             }
             make = {k: v for k, v in make.items() if k in args.peers}
             measure_group(opt, f"{label} flat", "flat", total, make, reps, args.warmup, args.target_s, results, floor)
-            del fp, fg
+            del fp, fg, np_p, np_g
     info["finished"] = C.now()
     info["seconds"] = round(time.perf_counter() - t_start, 1)
     try:

@@ -1,0 +1,60 @@
+"""Compiles the flat optimizer modules that ``bench/gpu.py`` times, for a GPU host with no compiler.
+
+Run it here (it needs the compiler and JAX, not a GPU), copy the folder to the GPU machine, run
+``bench/gpu.py --modules FOLDER --out RESULTS`` there.
+
+    python bench/build_gpu_modules.py out/gpu-modules                     # cuda, sm_80 PTX
+    python bench/build_gpu_modules.py out/gpu-modules --cuda-arch sm_86
+    python bench/build_gpu_modules.py out/cpu-modules --target llvm-cpu   # dry run of gpu.py here
+
+Writes ``<optimizer>-flat-<target>.vmfb`` for adam, adamw, sgd_momentum, lion and lamb (options
+as in ``bench/_common.POLARIS``) and ``index.json`` describing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", type=pathlib.Path)
+    ap.add_argument("--target", default="cuda", help="cuda (default), or llvm-cpu / vulkan for a dry run")
+    ap.add_argument("--cuda-arch", default="sm_80", help="sm_80 PTX also runs on Hopper (DESIGN.md)")
+    ap.add_argument("--optimizers", type=C.parse_optimizers, default=list(C.OPTIMIZERS))
+    args = ap.parse_args(argv)
+
+    from polaris._src import registry
+    from polaris_compiler import CompileOptions, Layout, Target, compile_optimizer
+
+    tgt = Target.parse(args.target)
+    opts = CompileOptions(target=tgt, cuda_arch=args.cuda_arch)
+    args.folder.mkdir(parents=True, exist_ok=True)
+    index = {"target": tgt.value, "cuda_arch": args.cuda_arch if tgt is Target.CUDA else None,
+             "versions": C.versions("iree-base-compiler", "iree-base-runtime", "jax", "polaris-iree"),
+             "built": C.now(), "modules": {}}
+    for key in args.optimizers:
+        name, options = C.POLARIS[key]
+        spec = registry.get(name)
+        t0 = time.perf_counter()
+        art = compile_optimizer(spec.build(**options), Layout.flat(), opts, name=name, optimizer_options={**spec.defaults(), **options})
+        fname = f"{key}-flat-{tgt.value}.vmfb"
+        art.save(args.folder / fname)
+        index["modules"][key] = {"file": fname, "polaris_name": name, "options": options,
+                                 "bytes_per_param": C.BYTES_PER_PARAM[key], "flags": art.flags, "notes": art.notes}
+        C.say(f"  {fname}: {len(art.vmfb) / 1024:.0f} KiB in {time.perf_counter() - t0:.1f} s")
+    (args.folder / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    print(args.folder / "index.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""GPU benchmark: prebuilt polaris modules on CUDA vs torch.optim and jax.jit(optax).
+
+Runs on a GPU host that has the IREE *runtime*, numpy, torch and jax (with CUDA) but no IREE
+compiler: the modules come prebuilt from ``bench/build_gpu_modules.py`` (flat adam, adamw,
+sgd_momentum, lion, lamb). ``polaris_runtime`` is imported from the installed package or, failing
+that, from this checkout's ``runtime/`` folder. optax is optional: without it the JAX peer is the
+same math written in plain ``jax.numpy`` (labelled so).
+
+    python bench/build_gpu_modules.py gpu-modules          # here, with the compiler
+    python bench/gpu.py --modules gpu-modules --out gpu-results    # on the GPU host
+
+Peers per optimizer and size (1e6, 1e7, 1e8 by default):
+
+* ``polaris``: ``polaris_runtime.load(module, device="cuda")``, Trees on the device, the gradient
+  uploaded once; ``iree-bare``: the same module's ``step`` through IREE's FunctionInvoker;
+* ``torch fused`` / ``torch foreach``: ``torch.optim.Adam(fused=True)`` / ``(foreach=True)``
+  (AdamW and SGD-momentum likewise; torch has no Lion or LAMB);
+* ``jax.jit(optax)``: params and state donated (``XLA_PYTHON_CLIENT_PREALLOCATE=false`` so JAX
+  does not take the GPU's memory from the other peers).
+
+Each sample is N steps followed by a device sync (IREE: a scalar of the state read back; torch:
+``torch.cuda.synchronize()``; JAX: ``block_until_ready``); peers are sampled round-robin; the
+median per-step time is reported with effective GB/s and the ratio to the floor (bytes / the
+device's copy bandwidth, measured with a 1 GiB torch copy) and to the best peer. Writes
+``<out>/<date>-<gpu>.md`` and ``.json``. ``--device local-task`` with modules built by
+``build_gpu_modules.py --target llvm-cpu`` is a dry run of this script on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+import traceback
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before jax is imported
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+
+import _common as C  # noqa: E402
+
+try:
+    import polaris_runtime as pr  # noqa: E402
+except ImportError:  # a bare checkout on the GPU host
+    sys.path.insert(0, str(HERE.parent / "runtime"))
+    import polaris_runtime as pr  # noqa: E402
+
+
+# -- peers --------------------------------------------------------------------------------------
+def _smallest_state_leaf(opt) -> str:
+    specs = opt.manifest.group("state")
+    sizes = [int(np.prod([d if isinstance(d, int) else 1 << 40 for d in s.shape])) for s in specs]
+    return specs[int(np.argmin(sizes))].name
+
+
+def polaris_peer(path, device, p, g) -> C.Timer:
+    from polaris_runtime import device as dev
+
+    opt = pr.load(path, device=device)
+    kw = {}
+    if getattr(opt, "takes_segments", False):  # flat LAMB: one tensor, all ids 0
+        kw["segments"] = opt.upload_segments({"segment_ids": np.zeros(p.size, np.int32)})
+    state = opt.init(p)
+    gd = [dev.upload(opt.device, g)]
+    params, state = opt.step(p, gd, state, **kw)
+    box = {"p": params, "s": state}
+    leaf = _smallest_state_leaf(opt)
+
+    def step():
+        box["p"], box["s"] = opt.step(box["p"], gd, box["s"], **kw)
+
+    def sync():
+        box["s"][leaf]  # a scalar read back: waits for the device
+
+    t = C.Timer(step, sync)
+    t.keep = (opt, box, gd)
+    return t
+
+
+def bare_peer(path, device, p, g) -> C.Timer:
+    import iree.runtime as rt
+    from polaris_runtime import device as dev
+
+    data = pathlib.Path(path).read_bytes()
+    inputs = pr.inspect_module(data).functions["step"].inputs
+    cfg = dev.config_for(device)
+    vm = rt.VmModule.copy_buffer(cfg.vm_instance, data)
+    ctx = rt.SystemContext(config=cfg)
+    ctx.add_vm_module(vm)
+    fns = ctx.modules[vm.name]
+    groups = {"params": [dev.upload(cfg.device, p)], "grads": [dev.upload(cfg.device, g)]}
+    s0 = fns["init"](*groups["params"])
+    s0 = s0 if isinstance(s0, tuple) else (s0,)
+    groups["state"] = [dev.upload(cfg.device, np.asarray(a.to_host())) for a in s0]  # a buffer of its own each
+    if "segments" in inputs:
+        groups["segments"] = [dev.upload(cfg.device, np.zeros((p.size, 1), np.int32))]
+    idx = int(np.argmin([int(np.prod(a.shape)) for a in groups["state"]]))
+    f = fns["step"]
+
+    def step():
+        r = f(*[a for grp in inputs for a in groups[grp]])
+        groups["params"], groups["state"] = [r[0]], list(r[1:])
+
+    def sync():
+        groups["state"][idx].to_host()
+
+    t = C.Timer(step, sync)
+    t.keep = (ctx, groups)
+    return t
+
+
+TORCH_OPTS = {
+    "adam": ("Adam", dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8)),
+    "adamw": ("AdamW", dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)),
+    "sgd_momentum": ("SGD", dict(lr=1e-2, momentum=0.9)),
+}
+
+
+def torch_peer(opt_key, mode, p, g) -> C.Timer:
+    import torch
+
+    cls_name, kw = TORCH_OPTS[opt_key]
+    param = torch.nn.Parameter(torch.from_numpy(p).to("cuda"))
+    param.grad = torch.from_numpy(g).to("cuda")
+    opt = getattr(torch.optim, cls_name)([param], **kw, **{mode: True})
+    opt.step()  # creates the state (and checks that this torch offers `mode` here)
+    torch.cuda.synchronize()
+    t = C.Timer(opt.step, torch.cuda.synchronize)
+    t.keep = (param, opt)
+    return t
+
+
+def jax_twin(opt_key):
+    """(tx.init, tx.update, apply) from optax if installed, else plain jax.numpy (same math)."""
+    try:
+        import optax
+
+        tx = C.optax_twin(opt_key)
+        return "jax.jit(optax)", tx.init, tx.update, optax.apply_updates
+    except ImportError:
+        pass
+    import jax.numpy as jnp
+
+    def init(p):
+        z = jnp.zeros_like(p)
+        return (jnp.zeros([], jnp.int32), z, z) if opt_key in ("adam", "adamw", "lamb") else (z,)
+
+    def update(g, s, p):
+        if opt_key in ("adam", "adamw", "lamb"):
+            t, m, v = s
+            t = t + 1
+            m = 0.9 * m + 0.1 * g
+            v = 0.999 * v + 0.001 * g * g
+            tf = t.astype(jnp.float32)
+            r = (m / (1 - 0.9**tf)) / (jnp.sqrt(v / (1 - 0.999**tf) + 1e-15) + 1e-8)
+            if opt_key == "adam":
+                return -1e-3 * r, (t, m, v)
+            r = r + 0.01 * p
+            if opt_key == "adamw":
+                return -1e-3 * r, (t, m, v)
+            pn, rn = jnp.linalg.norm(p), jnp.linalg.norm(r)
+            trust = jnp.where((pn > 0) & (rn > 0), pn / rn, 1.0)
+            return -1e-2 * trust * r, (t, m, v)
+        (m,) = s
+        if opt_key == "sgd_momentum":
+            m = g + 0.9 * m
+            return -1e-2 * m, (m,)
+        u = jnp.sign(0.9 * m + 0.1 * g) + 1e-3 * p
+        return -1e-4 * u, (0.99 * m + 0.01 * g,)
+
+    return "jax.jit(jax.numpy)", init, update, lambda p, u: p + u
+
+
+def jax_peer(opt_key, device_kind, p, g):
+    import jax
+
+    label, init, update, apply = jax_twin(opt_key)
+    if device_kind == "gpu":
+        devs = [d for d in jax.devices() if d.platform in ("gpu", "cuda")]
+    else:
+        devs = jax.devices("cpu")
+    if not devs:
+        raise RuntimeError(f"jax sees no {device_kind} device: {jax.devices()}")
+    d = devs[0]
+
+    def f(p, g, s):
+        u, s = update(g, s, p)
+        return apply(p, u), s
+
+    step_fn = jax.jit(f, donate_argnums=(0, 2))
+    pj = jax.device_put(p, d) * 1.0  # a buffer XLA owns (donatable)
+    gj = jax.device_put(g, d)
+    box = {"p": pj, "s": jax.jit(init)(pj)}
+
+    def step():
+        box["p"], box["s"] = step_fn(box["p"], gj, box["s"])
+
+    t = C.Timer(step, lambda: jax.block_until_ready(box["p"]))
+    t.keep = (box, gj)
+    t.label = label
+    return t
+
+
+# -- device facts -------------------------------------------------------------------------------
+def gpu_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        if r.returncode == 0 and r.stdout.strip():
+            return r.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown GPU"
+
+
+def gpu_copy_bandwidth(nbytes=2**30, repeats=10) -> dict:
+    """Device-to-device copy bandwidth (read + write counted), torch with CUDA events."""
+    import torch
+
+    a = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda").fill_(1.0)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    ts = []
+    for _ in range(repeats):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        b.copy_(a)
+        e1.record()
+        torch.cuda.synchronize()
+        ts.append(e0.elapsed_time(e1) / 1e3)
+    del a, b
+    torch.cuda.empty_cache()
+    return {"bytes": nbytes, "copy_gbs": 2 * nbytes / float(np.median(ts)) / 1e9}
+
+
+def _free():
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+# -- main ---------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--modules", type=pathlib.Path, required=True, help="folder from build_gpu_modules.py (index.json + .vmfb)")
+    ap.add_argument("--out", type=pathlib.Path, required=True, help="folder for the .md/.json")
+    ap.add_argument("--device", default="cuda", help="IREE driver (cuda; local-task for a CPU dry run)")
+    ap.add_argument("--sizes", type=C.parse_sizes, default=[10**6, 10**7, 10**8])
+    ap.add_argument("--optimizers", type=C.parse_optimizers, default=None)
+    ap.add_argument("--repeats", type=int, default=15, help="samples per peer (a third at 1e8)")
+    ap.add_argument("--target-s", type=float, default=0.05, help="wall time of one sample")
+    ap.add_argument("--peers", default="polaris,iree-bare,torch-fused,torch-foreach,jax")
+    args = ap.parse_args(argv)
+
+    index = json.loads((args.modules / "index.json").read_text())
+    opts = args.optimizers or list(index["modules"])
+    peers = [x.strip() for x in args.peers.split(",")]
+    on_gpu = not args.device.startswith("local")
+    have_torch_cuda = False
+    try:
+        import torch
+
+        have_torch_cuda = torch.cuda.is_available()
+    except ImportError:
+        pass
+
+    info = {"date": C.today(), "started": C.now(), "device": args.device, "modules": str(args.modules),
+            "module_index": {k: v for k, v in index.items() if k != "modules"},
+            "versions": C.versions("iree-base-runtime", "numpy", "torch", "jax", "jaxlib", "optax", "polaris-iree-runtime"),
+            "host": {"cpu": C.cpu_model(), "cores": os.cpu_count()}, "notes": []}
+    info["gpu"] = gpu_name() if on_gpu else f"(dry run on {args.device}: {C.cpu_model()})"
+    if on_gpu and have_torch_cuda:
+        info["copy_bandwidth"] = gpu_copy_bandwidth()
+    elif not on_gpu:
+        info["copy_bandwidth"] = {"bytes": 512 * 2**20, "copy_gbs": C.copy_bandwidth()["floor_gbs"]}
+    else:
+        info["copy_bandwidth"] = {"copy_gbs": float("nan")}
+        info["notes"].append("no torch with CUDA: no copy-bandwidth floor, no torch peers")
+    floor = info["copy_bandwidth"]["copy_gbs"]
+    C.say(f"gpu bench: {info['gpu']}, driver {args.device}, copy {floor:.0f} GB/s")
+
+    results = []
+    for key in opts:
+        if key not in index["modules"]:
+            info["notes"].append(f"{key}: no module in {args.modules}")
+            continue
+        path = args.modules / index["modules"][key]["file"]
+        for n in args.sizes:
+            rng = np.random.default_rng(0)
+            p = rng.standard_normal(n, dtype=np.float32)
+            g = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3)
+            make = {}
+            if "polaris" in peers:
+                make["polaris"] = lambda: polaris_peer(path, args.device, p, g)
+            if "iree-bare" in peers:
+                make["iree-bare"] = lambda: bare_peer(path, args.device, p, g)
+            if have_torch_cuda and on_gpu and key in TORCH_OPTS:
+                if "torch-fused" in peers:
+                    make["torch fused"] = lambda: torch_peer(key, "fused", p, g)
+                if "torch-foreach" in peers:
+                    make["torch foreach"] = lambda: torch_peer(key, "foreach", p, g)
+            if "jax" in peers:
+                make["jax"] = lambda: jax_peer(key, "gpu" if on_gpu else "cpu", p, g)
+            timers = {}
+            for name, mk in make.items():
+                try:
+                    t = mk()
+                    timers[getattr(t, "label", name) if name == "jax" else name] = t
+                except Exception as e:  # report and go on: one peer's failure is a result too
+                    msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+                    C.say(f"  {key} {C.fmt_size(n)} {name}: FAILED {msg}")
+                    results.append({"optimizer": key, "params": n, "peer": name, "error": msg, "trace": traceback.format_exc()[-2000:]})
+            del p, g
+            if not timers:
+                continue
+            try:
+                C.run_interleaved(timers, args.repeats if n < 5 * 10**7 else max(3, args.repeats // 3), 5, args.target_s)
+            except Exception as e:
+                msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+                C.say(f"  {key} {C.fmt_size(n)}: timing FAILED {msg}")
+                results.append({"optimizer": key, "params": n, "peer": "*", "error": msg, "trace": traceback.format_exc()[-2000:]})
+                timers.clear()
+                _free()
+                continue
+            nbytes = C.BYTES_PER_PARAM[key] * n
+            best = min(t.median for t in timers.values())
+            ref = timers.get("torch fused")
+            for name, t in timers.items():
+                q1, q3 = t.spread
+                results.append({"optimizer": key, "params": n, "peer": name, "step_s": t.median, "q1_s": q1, "q3_s": q3,
+                                "steps_per_sample": t.n, "samples": len(t.samples), "bytes": nbytes, "gbs": nbytes / t.median / 1e9,
+                                "x_floor": t.median / (nbytes / (floor * 1e9)) if floor == floor else float("nan"),
+                                "x_best": t.median / best, "x_torch_fused": t.median / ref.median if ref else float("nan")})
+            C.say(f"  {key:13s} {C.fmt_size(n):5s} " + " | ".join(f"{k} {C.fmt_time(t.median)}" for k, t in timers.items()))
+            timers.clear()
+            _free()
+    info["finished"] = C.now()
+
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append([r["optimizer"], C.fmt_size(r["params"]), r["peer"], "error", "", "", "", "", "", r["error"][:80]])
+        else:
+            rows.append([r["optimizer"], C.fmt_size(r["params"]), r["peer"], C.fmt_time(r["step_s"]),
+                         f"[{C.fmt_time(r['q1_s'])}, {C.fmt_time(r['q3_s'])}]", f"{r['gbs']:.0f}", f"{r['x_floor']:.2f}",
+                         f"{r['x_best']:.2f}", f"{r['x_torch_fused']:.2f}" if r["x_torch_fused"] == r["x_torch_fused"] else "-", ""])
+    v = info["versions"]
+    md = [f"# GPU optimizer step benchmark: {info['date']}, {info['gpu']}", "",
+          f"- IREE driver {args.device}; modules: target {index.get('target')} {index.get('cuda_arch') or ''}, built with {index.get('versions', {})}",
+          "- versions here: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+          f"- host CPU: {info['host']['cpu']} ({info['host']['cores']} cores)",
+          f"- copy bandwidth (floor): {floor:.0f} GB/s (device copy of {info['copy_bandwidth'].get('bytes', 0) // 2**20} MiB, read+write)",
+          "- bytes per parameter: " + "; ".join(f"{k} {C.BYTES_PER_PARAM[k]} B" for k in opts),
+          "- step: median per-step time of N steps + one device sync; x floor = step / (bytes / copy bandwidth)",
+          *[f"- note: {x}" for x in info["notes"]], "",
+          C.md_table(["optimizer", "params", "peer", "step", "IQR", "GB/s", "x floor", "x best", "x torch fused", "error"], rows), ""]
+    args.out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", str(info["gpu"]).lower()).strip("-")[:40] if on_gpu else C.device_slug()
+    stem = f"{C.today()}-{slug}-gpu{'' if on_gpu else '-dryrun'}"
+    (args.out / f"{stem}.md").write_text("\n".join(md))
+    C.write_json(args.out / f"{stem}.json", {"info": info, "results": results})
+    print(args.out / f"{stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    rc = main()
+    C.say(f"done in {time.perf_counter() - t0:.0f} s")
+    sys.exit(rc)
