@@ -82,7 +82,7 @@ def clip_by_block_rms(*, threshold: float = 1.0) -> Transform:
 
         def one(g):
             x = g.astype(tu.STATE_DTYPE)
-            denom = jnp.maximum(1.0, jnp.sqrt(jnp.mean(jnp.square(x))) / threshold)
+            denom = jnp.maximum(1.0, tu.per_tensor_rms(x, "clip_by_block_rms") / threshold)
             return (x / denom).astype(g.dtype)
 
         return jax.tree.map(one, updates)

@@ -156,7 +156,7 @@ def scale_by_param_block_rms(*, min_scale: float = 1.0e-3) -> Transform:
                 "scale_by_param_block_rms: `params` is required; call update(updates, state, params)"
             )
         return jax.tree.map(
-            lambda g, p: (g.astype(tu.STATE_DTYPE) * tu.safe_rms(p, min_scale)).astype(g.dtype),
+            lambda g, p: (g.astype(tu.STATE_DTYPE) * tu.per_tensor_safe_rms(p, min_scale, "scale_by_param_block_rms")).astype(g.dtype),
             updates,
             params,
         )

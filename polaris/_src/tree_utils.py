@@ -82,3 +82,67 @@ def global_norm(tree):
 def count_f32(count):
     """An int32 step counter as a float32 scalar (for ``b ** t``)."""
     return jnp.asarray(count).astype(STATE_DTYPE)
+
+
+# -- per-tensor reductions (flat modules: see polaris/_src/segments.py) -----------------------
+# Outside a ``flat_segments`` context these reduce the whole leaf (one leaf = one tensor) and
+# return a scalar; inside one they reduce each segment of the flat leaf and return the result
+# broadcast to the leaf's shape, so callers can multiply element-wise either way.
+
+
+def _segments():
+    from polaris._src import segments
+
+    return segments.current()
+
+
+def per_tensor_sum_sq(x, what: str = "a per-tensor reduction"):
+    """``sum(x**2)`` over ``x``'s tensor, in float32 (per segment inside ``flat_segments``)."""
+    x32 = jnp.asarray(x).astype(STATE_DTYPE)
+    ctx = _segments()
+    if ctx is None:
+        return jnp.sum(jnp.square(x32))
+    return ctx.segment_sum(jnp.square(x32), what)
+
+
+def per_tensor_norm(x, what: str = "a per-tensor reduction"):
+    """``||x||`` over ``x``'s tensor (per segment inside ``flat_segments``)."""
+    return jnp.sqrt(per_tensor_sum_sq(x, what))
+
+
+def per_tensor_rms(x, what: str = "a per-tensor reduction"):
+    """``sqrt(mean(x**2))`` over ``x``'s tensor (per segment inside ``flat_segments``)."""
+    ctx = _segments()
+    if ctx is None:
+        return jnp.sqrt(jnp.mean(jnp.square(jnp.asarray(x).astype(STATE_DTYPE))))
+    return jnp.sqrt(per_tensor_sum_sq(x, what) / jnp.maximum(ctx.segment_count(x, what), 1.0))
+
+
+def per_tensor_safe_norm(x, min_norm, what: str = "a per-tensor reduction"):
+    """:func:`safe_norm` over ``x``'s tensor (per segment inside ``flat_segments``)."""
+    if _segments() is None:
+        return safe_norm(x, min_norm)
+    x = jnp.asarray(x)
+    norm = per_tensor_norm(x, what)
+    masked = jnp.where(norm <= min_norm, jnp.ones_like(x), x)
+    return jnp.where(norm <= min_norm, jnp.asarray(min_norm, STATE_DTYPE), per_tensor_norm(masked, what))
+
+
+def per_tensor_safe_rms(x, min_rms, what: str = "a per-tensor reduction"):
+    """:func:`safe_rms` over ``x``'s tensor (per segment inside ``flat_segments``)."""
+    if _segments() is None:
+        return safe_rms(x, min_rms)
+    x = jnp.asarray(x).astype(STATE_DTYPE)
+    rms = per_tensor_rms(x, what)
+    masked = jnp.where(rms <= min_rms, jnp.ones_like(x), x)
+    return jnp.where(rms <= min_rms, jnp.asarray(min_rms, STATE_DTYPE), per_tensor_rms(masked, what))
+
+
+def per_row_mean(x):
+    """For ``centralize`` inside ``flat_segments``: the mean of the row (of a rank >= 2 tensor)
+    each element belongs to, broadcast to ``x``'s shape, 0.0 for elements outside rows
+    (``row_ids == -1``). Returns ``None`` outside a context (reduce the leaf's own axes instead)."""
+    ctx = _segments()
+    if ctx is None:
+        return None
+    return ctx.row_mean(x, "centralize")

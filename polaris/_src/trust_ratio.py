@@ -19,6 +19,9 @@ def scale_by_trust_ratio(
        r = c \\cdot \\frac{\\max(\\|p\\|, n_{min})}{\\max(\\|u\\|, n_{min}) + \\epsilon}, \\qquad
        u' = \\begin{cases} u & \\|p\\| = 0 \\text{ or } \\|u\\| = 0 \\\\ r u & \\text{otherwise}\\end{cases}
 
+    Norms are per tensor: per leaf, or per segment of a flat vector inside
+    :func:`polaris._src.segments.flat_segments` (how flat modules serve any model).
+
     Args:
       min_norm: the smallest norm used for either norm (0.0).
       trust_coefficient: the coefficient :math:`c` (1.0).
@@ -30,8 +33,8 @@ def scale_by_trust_ratio(
     """
 
     def one(g, p):
-        pn = tu.safe_norm(p, min_norm)
-        un = tu.safe_norm(g, min_norm)
+        pn = tu.per_tensor_safe_norm(p, min_norm, "scale_by_trust_ratio")
+        un = tu.per_tensor_safe_norm(g, min_norm, "scale_by_trust_ratio")
         ratio = trust_coefficient * pn / (un + eps)
         safe = jnp.where(jnp.logical_or(pn == 0.0, un == 0.0), 1.0, ratio)
         return (g.astype(tu.STATE_DTYPE) * safe).astype(g.dtype)

@@ -1,0 +1,168 @@
+"""Tensor boundaries inside one flat parameter vector: per-tensor reductions on flat modules.
+
+A flat module (``polaris compile adam`` with no layout) sees a model as one 1-D vector of any
+length ``n``. Most transforms are element-wise and do not care; a few reduce *per tensor*
+(``scale_by_trust_ratio`` for LAMB, LARS and Fromage; ``clip_by_block_rms`` and
+``scale_by_param_block_rms`` for Adafactor; ``centralize`` per row). Inside
+:func:`flat_segments` they learn where the tensors are::
+
+    with flat_segments(segment_ids, num_segments=4096):
+        updates, state = tx.update(grads, state, params)   # params, grads: one f32[n] vector
+
+* ``segment_ids`` (int32, ``n`` or ``(n, 1)``): the index of the tensor every element belongs to,
+  in ``[0, num_segments)``. Segments need not be contiguous or sorted (a packing makes them so).
+* ``num_segments``: a static upper bound on the number of tensors (compiled into the module).
+* ``row_ids`` (int32, ``n`` or ``(n, 1)``, optional): for ``centralize``, the global index of the
+  row (slice along axis 0) of a tensor of rank >= 2 each element belongs to, in
+  ``[0, num_rows)``; ``-1`` for elements of tensors of rank <= 1 (left unchanged).
+
+The reducing transforms call the helpers of :mod:`polaris._src.tree_utils`
+(``per_tensor_sum_sq``, ``per_tensor_norm``, ``per_tensor_safe_norm``, ``per_tensor_safe_rms``,
+``per_tensor_rms``, ``per_row_mean``): outside a context they reduce each leaf (the tree
+behaviour, unchanged); inside one they reduce each segment of the flat leaf and broadcast the
+result back to the leaf's shape. The context records which helpers ran
+(:attr:`FlatSegments.used`), which is how the compiler decides whether a flat module needs
+segments at all.
+
+Index vectors are used as ``(n, 1)`` columns: IREE 3.13 cannot reshape a tensor of dynamic
+length (``stablehlo.dynamic_reshape``/``dynamic_broadcast_in_dim`` of ``?`` to ``?x1`` fail to
+legalize), so compiled modules take them in that shape; a 1-D vector is accepted here and
+reshaped (fine under ``jax.jit`` with static shapes). Gathers use ``offset_dims`` and a sum over
+the unit axis instead of a collapsed dimension for the same reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from typing import Any
+
+import jax.numpy as jnp
+from jax import lax
+
+DEFAULT_MAX_SEGMENTS = 4096
+DEFAULT_MAX_ROWS = 1 << 20
+
+_F32 = jnp.float32
+_local = threading.local()
+
+
+@dataclasses.dataclass
+class FlatSegments:
+    """An active segment context (see the module docstring)."""
+
+    segment_ids: Any = None
+    num_segments: int = DEFAULT_MAX_SEGMENTS
+    row_ids: Any = None
+    num_rows: int = DEFAULT_MAX_ROWS
+    used: set = dataclasses.field(default_factory=set)  # {"segment_ids", "row_ids"}
+
+    # -- the two reductions every helper is built from ---------------------------------------
+    def segment_sum(self, x, what: str = "a per-tensor reduction"):
+        """``x`` (a flat leaf) summed per segment, broadcast back to ``x``'s shape, float32."""
+        ids = self._ids("segment_ids", x, what)
+        return _broadcast(_scatter_sum(x, ids, self.num_segments), ids)
+
+    def segment_count(self, x, what: str = "a per-tensor reduction"):
+        """The number of elements of each element's segment, broadcast to ``x``'s shape."""
+        return self.segment_sum(jnp.ones(jnp.shape(x), _F32), what)
+
+    def row_mean(self, x, what: str = "centralize"):
+        """Each element's row mean (float32, ``x``'s shape); 0.0 for elements outside rows
+        (``row_ids == -1``: tensors of rank <= 1)."""
+        ids = self._ids("row_ids", x, what)
+        sums = _scatter_sum(x, ids, self.num_rows)
+        counts = _scatter_sum(jnp.ones(jnp.shape(x), _F32), ids, self.num_rows)
+        means = sums / jnp.maximum(counts, 1.0)
+        return _broadcast(means, ids, (ids >= 0).astype(_F32))
+
+    def _ids(self, kind: str, x, what: str):
+        ids = self.segment_ids if kind == "segment_ids" else self.row_ids
+        if ids is None:
+            raise ValueError(
+                f"{what} on a flat vector needs {kind}, but the active flat_segments context "
+                f"has none; pass flat_segments(..., {kind}=...)"
+            )
+        self.used.add(kind)
+        if jnp.ndim(x) != 1 or not _same_dim(jnp.shape(x)[0], jnp.shape(ids)[0]):
+            raise ValueError(
+                f"{what} inside flat_segments: the leaf has shape {jnp.shape(x)} but {kind} has "
+                f"shape {jnp.shape(ids)}; inside the context every parameter leaf must be the "
+                f"flat vector its ids describe"
+            )
+        ids = jnp.asarray(ids)
+        if ids.ndim == 1:
+            ids = ids[:, None]
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(f"{kind} must be an integer array, got {ids.dtype}")
+        return ids.astype(jnp.int32)
+
+
+def _same_dim(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # symbolic dims that cannot be compared
+        return False
+
+
+def _scatter_sum(x, ids_col, num: int):
+    """``out[k] = sum(x[i] for ids[i] == k)``, float32; out-of-range ids (``-1``) are dropped."""
+    dn = lax.ScatterDimensionNumbers(
+        update_window_dims=(), inserted_window_dims=(0,), scatter_dims_to_operand_dims=(0,)
+    )
+    return lax.scatter_add(
+        jnp.zeros((num,), _F32),
+        ids_col,
+        jnp.asarray(x).astype(_F32),
+        dn,
+        mode=lax.GatherScatterMode.FILL_OR_DROP,
+    )
+
+
+def _broadcast(per_segment, ids_col, weight=None):
+    """``per_segment[ids]`` as a 1-D vector (ids clipped into range; ``weight`` (n, 1) multiplies)."""
+    dn = lax.GatherDimensionNumbers(offset_dims=(1,), collapsed_slice_dims=(), start_index_map=(0,))
+    col = lax.gather(per_segment, ids_col, dn, slice_sizes=(1,), mode=lax.GatherScatterMode.CLIP)
+    if weight is not None:
+        col = col * weight
+    return jnp.sum(col, axis=1)
+
+
+def current() -> FlatSegments | None:
+    """The innermost active :func:`flat_segments` context of this thread, or ``None``."""
+    stack = getattr(_local, "stack", None)
+    return stack[-1] if stack else None
+
+
+@contextlib.contextmanager
+def flat_segments(
+    segment_ids=None,
+    num_segments: int = DEFAULT_MAX_SEGMENTS,
+    *,
+    row_ids=None,
+    num_rows: int = DEFAULT_MAX_ROWS,
+):
+    """Makes per-tensor transforms reduce per segment of a flat parameter vector.
+
+    Args:
+      segment_ids: int32 ``[n]`` (or ``[n, 1]``): the tensor index of every element.
+      num_segments: static upper bound on the number of tensors (ids must be below it).
+      row_ids: int32 ``[n]`` (or ``[n, 1]``), optional: the global row index of every element
+        of a rank >= 2 tensor, ``-1`` elsewhere (used by ``centralize``).
+      num_rows: static upper bound on the number of rows.
+
+    Yields the :class:`FlatSegments` context; its ``used`` set names the ids a trace needed.
+    """
+    for name, v in (("num_segments", num_segments), ("num_rows", num_rows)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"flat_segments: `{name}` must be a positive int, got {v!r}")
+    ctx = FlatSegments(segment_ids, num_segments, row_ids, num_rows)
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append(ctx)
+    try:
+        yield ctx
+    finally:
+        stack.pop()
