@@ -8,6 +8,7 @@ loss-and-gradient module).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,8 +25,9 @@ import numpy as np
 
 from polaris._src.apply import apply_updates
 from polaris._src.base import Transform, hyperparameter_leaves, transform_names, tree_leaves_with_names
+from polaris._src.segments import DEFAULT_MAX_ROWS, DEFAULT_MAX_SEGMENTS, flat_segments
 from polaris_compiler import versions
-from polaris_compiler.errors import CompileError
+from polaris_compiler.errors import CompileError, LayoutError
 from polaris_compiler.export import export_text, manifest_reflection, merge_modules
 from polaris_compiler.layout import Layout
 from polaris_compiler.options import CompileOptions, build_flags
@@ -84,6 +86,9 @@ def compile_optimizer(
     *,
     name: str = "custom",
     optimizer_options: dict[str, Any] | None = None,
+    segments: bool | None = None,
+    max_segments: int = DEFAULT_MAX_SEGMENTS,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> Artifact:
     """Compiles ``tx`` for ``layout`` into a module exporting ``init``, ``update`` and ``step``.
 
@@ -93,6 +98,13 @@ def compile_optimizer(
       options: target and flags (:class:`CompileOptions`).
       name: recorded in the manifest as the optimizer's name.
       optimizer_options: recorded in the manifest (the full option set, defaults included).
+      segments: flat layouts only. ``None`` (default): ``update`` and ``step`` take a
+        ``segments`` input group (the tensor boundaries of the packed model) exactly when the
+        transform reduces per tensor (trust ratio, block RMS, centralize); ``True``: always;
+        ``False``: never (the whole vector is then one tensor). See ``docs/flat-modules.md``.
+      max_segments: the most tensors a flat module with segments serves (static; 4096).
+      max_rows: the most rows (of rank >= 2 tensors) a flat module serves when ``centralize``
+        needs ``row_ids`` (static; 2**20).
     """
     params_tree = layout.tree
     p_leaves, p_def = jax.tree.flatten(params_tree)
@@ -106,31 +118,52 @@ def compile_optimizer(
     def unflat_s(xs):
         return jax.tree.unflatten(s_def, list(xs))
 
+    seg_names = _segment_inputs(tx, layout, p_leaves, s_leaves, unflat_p, unflat_s, segments, max_segments, max_rows)
+    seg_leaves = [_segment_struct(layout)] * len(seg_names) if seg_names else []
+    n_seg = len(seg_names)
+
+    def in_segments(seg):
+        if not seg_names:
+            return contextlib.nullcontext()
+        ids = dict(zip(seg_names, seg, strict=True))
+        return flat_segments(
+            ids.get("segment_ids"), max_segments, row_ids=ids.get("row_ids"), num_rows=max_rows
+        )
+
     def init_fn(*p):
         return tuple(jax.tree.leaves(tx.init(unflat_p(p))))
 
     def update_fn(*args):
+        args, seg = args[: len(args) - n_seg], args[len(args) - n_seg :]
         g, s, p = args[:n_p], args[n_p : n_p + n_s], args[n_p + n_s :]
-        u, s2 = tx.update(unflat_p(g), unflat_s(s), unflat_p(p))
+        with in_segments(seg):
+            u, s2 = tx.update(unflat_p(g), unflat_s(s), unflat_p(p))
         return (*jax.tree.leaves(u), *_check_state(s_def, s_leaves, s2))
 
     def step_fn(*args):
+        args, seg = args[: len(args) - n_seg], args[len(args) - n_seg :]
         p, g, s = args[:n_p], args[n_p : 2 * n_p], args[2 * n_p :]
         params = unflat_p(p)
-        u, s2 = tx.update(unflat_p(g), unflat_s(s), params)
+        with in_segments(seg):
+            u, s2 = tx.update(unflat_p(g), unflat_s(s), params)
         return (*jax.tree.leaves(apply_updates(params, u)), *_check_state(s_def, s_leaves, s2))
 
     t0 = time.perf_counter()
     parts = {
         "init": export_text(init_fn, p_leaves),
-        "update": export_text(update_fn, [*p_leaves, *s_leaves, *p_leaves]),
-        "step": export_text(step_fn, [*p_leaves, *p_leaves, *s_leaves]),
+        "update": export_text(update_fn, [*p_leaves, *s_leaves, *p_leaves, *seg_leaves]),
+        "step": export_text(step_fn, [*p_leaves, *p_leaves, *s_leaves, *seg_leaves]),
     }
     # In-place outputs, pinned leaf to leaf: update's state i -> its state output i; step's
     # params i -> params output i and state j -> state output j.
+    # With segments, scalar state (step counters) is not written in place: IREE 3.13 may order
+    # the dispatch that writes `count + 1` into the donated counter before a dispatch that still
+    # reads the old count (seen with adafactor: its second moment decayed with the next step's
+    # beta). A scalar gains nothing from being in place.
+    in_place = [j for j in range(n_s) if not (seg_names and len(s_leaves[j].shape) == 0)]
     aliases = {
-        "update": {n_p + j: n_p + j for j in range(n_s)},
-        "step": {**{i: i for i in range(n_p)}, **{2 * n_p + j: n_p + j for j in range(n_s)}},
+        "update": {n_p + j: n_p + j for j in in_place},
+        "step": {**{i: i for i in range(n_p)}, **{2 * n_p + j: n_p + j for j in in_place}},
     }
     param_names = [n for n, _ in layout.leaves()]
     state_names = [n for n, _ in tree_leaves_with_names(state_shape)]
@@ -158,8 +191,59 @@ def compile_optimizer(
         "target": _target_record(options, flags),
         "versions": versions.all_versions(),
     }
+    if seg_names:
+        manifest["groups"]["segments"] = [_spec(n, st) for n, st in zip(seg_names, seg_leaves, strict=True)]
+        for fname in ("update", "step"):
+            manifest["functions"][fname]["inputs"].append("segments")
+        manifest["segments"] = {"leaves": list(seg_names)}
+        if "segment_ids" in seg_names:
+            manifest["segments"]["max"] = max_segments
+        if "row_ids" in seg_names:
+            manifest["segments"]["max_rows"] = max_rows
     _add_learning_rate_export(tx, s_def, s_leaves, hps, parts, manifest)
     return _finish(parts, manifest, options, flags, t0, aliases)
+
+
+# -- segments: the tensor boundaries of a packed model, for flat layouts ----------------------
+# A flat module sees one vector; transforms that reduce per tensor (polaris/_src/segments.py)
+# need to know where the tensors are. The index vectors are (n, 1) int32 columns: IREE 3.13
+# cannot reshape a dynamic-length vector into a column inside the module.
+SEGMENT_INPUTS = ("segment_ids", "row_ids")
+
+
+def _segment_struct(layout: Layout) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((layout.tree.shape[0], 1), jnp.int32)
+
+
+def _segment_inputs(tx, layout, p_leaves, s_leaves, unflat_p, unflat_s, segments, max_segments, max_rows) -> list[str]:
+    """Which index vectors ``update``/``step`` take: traces ``update`` once with both offered
+    and keeps those the transform read (none for element-wise optimizers such as adam)."""
+    for what, v in (("max_segments", max_segments), ("max_rows", max_rows)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise LayoutError(f"compile_optimizer: `{what}` must be a positive int, got {v!r}")
+    if layout.kind != "flat":
+        if segments:
+            raise LayoutError(
+                "compile_optimizer: segments=True needs the flat layout (Layout.flat()); a tree "
+                "layout already knows its tensors, so its transforms reduce per leaf"
+            )
+        return []
+    if segments is False:
+        return []
+    ids = _segment_struct(layout)
+    used: set[str] = set()
+
+    def probe(g, s, p, seg, rows):
+        with flat_segments(seg, max_segments, row_ids=rows, num_rows=max_rows) as ctx:
+            out = tx.update(unflat_p(g), unflat_s(s), unflat_p(p))
+        used.update(ctx.used)
+        return out
+
+    jax.eval_shape(probe, list(p_leaves), list(s_leaves), list(p_leaves), ids, ids)
+    names = [n for n in SEGMENT_INPUTS if n in used]
+    if segments and not names:
+        names = ["segment_ids"]
+    return names
 
 
 # -- optional 4th export: learning_rate(state...) -> (lr,) ------------------------------------

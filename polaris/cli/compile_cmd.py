@@ -41,7 +41,7 @@ def default_output(name: str, options: dict, defaults: dict, layout, dtype: str,
     return "-".join(parts) + ".vmfb"
 
 
-def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra) -> str | None:
+def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra, max_segments=None, max_rows=None) -> str | None:
     from polaris_compiler import cache
 
     try:
@@ -60,6 +60,9 @@ def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch,
             "cuda_arch": cuda_arch,
             "vulkan_target": vulkan_target,
             "extra": list(extra),
+            # only when set, so default requests keep their keys
+            **({"max_segments": max_segments} if max_segments is not None else {}),
+            **({"max_rows": max_rows} if max_rows is not None else {}),
         }
     )
 
@@ -99,7 +102,9 @@ def _say(msg: str) -> None:
 @click.option("--save-temps", type=click.Path(file_okay=False), default=None, help="Keep the .mlir, flags and manifest in this folder (also POLARIS_SAVE_TEMPS).")
 @click.option("--iree-flag", "extra", multiple=True, help="Extra flag passed to iree-compile (repeatable).")
 @click.option("--no-cache", is_flag=True, help="Compile even if the compile cache holds this module (also POLARIS_NO_CACHE=1).")
-def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, cuda_arch, vulkan_target, save_temps, extra, no_cache):
+@click.option("--max-segments", type=click.IntRange(min=1), default=None, help="Flat layout: the most tensors the module serves when its transforms reduce per tensor (lamb, lars, fromage, adafactor). Default 4096. See docs/flat-modules.md.")
+@click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Flat layout: the most rows (of rank >= 2 tensors) for centralize. Default 1048576.")
+def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, cuda_arch, vulkan_target, save_temps, extra, no_cache, max_segments, max_rows):
     """Compile optimizer NAME to an IREE module exporting init, update and step.
 
     OPTIONS are KEY=VALUE pairs (see `polaris list`); a learning rate may be a schedule,
@@ -111,7 +116,7 @@ def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, c
 
     key = None
     if not (no_cache or save_temps) and cache.enabled():
-        key = _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra)
+        key = _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra, max_segments, max_rows)
         hit = cache.get(key) if key else None
         if hit is not None:
             data, info = hit
@@ -161,7 +166,8 @@ def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, c
     where = ",".join(t.value for t in copts.targets)
     _say(f"[2/3] tracing init/update/step with jax.export and compiling for {where} ...")
     try:
-        art = compile_optimizer(tx, lay, copts, name=name, optimizer_options=full)
+        bounds = {k: v for k, v in (("max_segments", max_segments), ("max_rows", max_rows)) if v is not None}
+        art = compile_optimizer(tx, lay, copts, name=name, optimizer_options=full, **bounds)
     except CompileError as e:
         raise UsageFailure(str(e)) from None
     except PolarisError as e:

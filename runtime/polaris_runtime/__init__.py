@@ -23,6 +23,8 @@ from polaris_runtime.module import (
     load,
     unflatten_names,
 )
+from polaris_runtime import pack
+from polaris_runtime.pack import Packing
 
 __version__ = "0.1.0"
 
@@ -37,6 +39,7 @@ __all__ = [
     "Module",
     "ModuleError",
     "Optimizer",
+    "Packing",
     "PolarisRuntimeError",
     "SchemaVersionError",
     "Tree",
@@ -44,5 +47,6 @@ __all__ = [
     "flatten_names",
     "inspect_module",
     "load",
+    "pack",
     "unflatten_names",
 ]

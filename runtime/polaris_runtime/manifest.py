@@ -99,6 +99,14 @@ class Manifest:
     def state(self) -> tuple[LeafSpec, ...]:
         return self.groups.get("state", ())
 
+    @property
+    def segments(self) -> dict[str, Any] | None:
+        """A flat module's tensor boundaries input, or ``None`` when it takes none:
+        ``{"leaves": ["segment_ids", ...], "max": K, "max_rows": R}`` (``max`` when it takes
+        ``segment_ids``, ``max_rows`` when it takes ``row_ids``; see docs/flat-modules.md)."""
+        seg = self.raw.get("segments")
+        return dict(seg) if isinstance(seg, dict) else None
+
     def group(self, name: str) -> tuple[LeafSpec, ...]:
         """Leaves of a group; ``grads`` and ``updates`` mirror ``params``."""
         if name in ("grads", "updates"):
@@ -141,6 +149,7 @@ class Manifest:
                 Hyperparameter(h["name"], h["leaf"], float(h["default"]), h.get("dtype", "float32"))
                 for h in d.get("hyperparameters", ())
             )
+            _check_segments(d, groups)
             return cls(
                 schema_version=version,
                 kind=d["kind"],
@@ -160,6 +169,19 @@ class Manifest:
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.raw, indent=indent, sort_keys=False)
+
+
+def _check_segments(d: dict, groups: dict) -> None:
+    seg, group = d.get("segments"), groups.get("segments")
+    if seg is None and group is None:
+        return
+    if not isinstance(seg, dict) or group is None or list(seg.get("leaves", ())) != [s.name for s in group]:
+        raise ModuleError(
+            "the module's manifest is malformed: its 'segments' record and 'segments' group disagree"
+        )
+    for leaf, key in (("segment_ids", "max"), ("row_ids", "max_rows")):
+        if leaf in seg["leaves"] and not (isinstance(seg.get(key), int) and seg[key] >= 1):
+            raise ModuleError(f"the module's manifest is malformed: segments.{key} must be a positive int")
 
 
 def _runtime_version() -> str:

@@ -338,17 +338,135 @@ class Optimizer(Module):
         state._arrays = [dev.upload(self.device, dev.to_host(a)) for a in state._arrays]
         return state
 
-    def update(self, grads, state: Tree | Any, params=None) -> tuple[Tree, Tree]:
-        """Polaris's update: returns ``(updates, new_state)``; ``state`` is donated."""
+    def update(self, grads, state: Tree | Any, params=None, segments=None) -> tuple[Tree, Tree]:
+        """Polaris's update: returns ``(updates, new_state)``; ``state`` is donated.
+
+        ``segments``: for a flat module that reduces per tensor (``manifest.segments``), the
+        tensor boundaries of the packed model: a :class:`~polaris_runtime.pack.Packing`, the
+        Tree from :meth:`upload_segments` (fastest: uploaded and checked once), or the ids.
+        """
         if params is None:
             params = self._zeros_like_params(grads)
-        out = self.call("update", grads=grads, state=state, params=params)
+        extra = self._segments_input("update", segments)
+        out = self.call("update", grads=grads, state=state, params=params, **extra)
         return out["updates"], out["state"]
 
-    def step(self, params, grads, state) -> tuple[Tree, Tree]:
-        """Update and apply fused: returns ``(new_params, new_state)``; params and state donated."""
-        out = self.call("step", params=params, grads=grads, state=state)
+    def step(self, params, grads, state, segments=None) -> tuple[Tree, Tree]:
+        """Update and apply fused: returns ``(new_params, new_state)``; params and state donated.
+
+        ``segments``: as for :meth:`update` (flat modules that reduce per tensor only)."""
+        extra = self._segments_input("step", segments)
+        out = self.call("step", params=params, grads=grads, state=state, **extra)
         return out["params"], out["state"]
+
+    # -- segments: tensor boundaries for flat modules (docs/flat-modules.md) ------------------
+    @property
+    def takes_segments(self) -> bool:
+        """Whether ``update``/``step`` need ``segments=`` (a flat module reducing per tensor)."""
+        return any("segments" in f.inputs for f in self.manifest.functions.values())
+
+    def upload_segments(self, segments) -> Tree:
+        """Checks ``segments`` once and puts them on the device: pass the returned Tree as
+        ``segments=`` to every ``step``/``update`` (it is never donated, so it stays valid)."""
+        if not self.takes_segments:
+            raise BindingError(self._no_segments_message("upload_segments"))
+        arrays = self._segment_arrays("upload_segments", segments)
+        specs = self.manifest.group("segments")
+        return Tree("segments", specs, [dev.upload(self.device, a) for a in arrays], self)
+
+    def _segments_input(self, fname: str, segments) -> dict:
+        if not self.takes_segments:
+            if segments is not None:
+                raise BindingError(self._no_segments_message(fname))
+            return {}
+        if segments is None:
+            seg = self.manifest.segments or {}
+            raise BindingError(
+                f"{fname}(): this flat module ({self.manifest.name}: "
+                f"{' |> '.join(self.manifest.composition) or '?'}) reduces per tensor and needs "
+                f"segments=, the tensor boundaries of the packed model ({', '.join(seg.get('leaves', []))}, "
+                f"int32[n]): flat, packing = polaris_runtime.pack.pack(params_tree), then pass "
+                f"segments=packing (or opt.upload_segments(packing), once); see docs/flat-modules.md"
+            )
+        if isinstance(segments, Tree):
+            return {"segments": segments}
+        return {"segments": self._segment_arrays(fname, segments)}
+
+    def _no_segments_message(self, fname: str) -> str:
+        why = (
+            "a tree layout knows its tensors"
+            if self.manifest.layout != "flat"
+            else "its transforms do not reduce per tensor (or it was compiled with segments=False)"
+        )
+        return (
+            f"{fname}(): {self.manifest.name} ({self.manifest.layout} layout) takes no segments: "
+            f"{why}; drop segments="
+        )
+
+    def _segment_arrays(self, fname: str, segments) -> list[np.ndarray]:
+        """The ``segments`` group's leaves as (n, 1) int32 host arrays, range-checked."""
+        specs = self.manifest.group("segments")
+        info = self.manifest.segments or {}
+        bounds = {"segment_ids": (0, info.get("max")), "row_ids": (-1, info.get("max_rows"))}
+        counts = {"segment_ids": "num_segments", "row_ids": "num_rows"}
+        trusted = False
+        if isinstance(segments, Mapping):
+            got = dict(segments)
+        elif all(hasattr(segments, s.name) for s in specs):  # a Packing (or alike)
+            got = {s.name: getattr(segments, s.name) for s in specs}
+            trusted = all(hasattr(segments, counts[s.name]) for s in specs)
+            for s in specs:
+                n_have = getattr(segments, counts[s.name], None)
+                lo, hi = bounds[s.name]
+                if n_have is not None and hi is not None and n_have > hi:
+                    raise BindingError(self._too_many(fname, s.name, n_have, hi))
+        elif len(specs) == 1 and not isinstance(segments, (str, bytes)):
+            got = {specs[0].name: segments}
+        else:
+            raise BindingError(
+                f"{fname}(): segments must be a Packing (polaris_runtime.pack.pack), the Tree from "
+                f"upload_segments(), or a dict of {', '.join(s.name for s in specs)}; got "
+                f"{type(segments).__name__}"
+            )
+        missing = [s.name for s in specs if s.name not in got]
+        if missing:
+            raise BindingError(
+                f"{fname}(): segments lack {missing}; this module takes {[s.name for s in specs]} "
+                f"(a Packing from polaris_runtime.pack.pack has them all)"
+            )
+        out = []
+        for s in specs:
+            a = np.asarray(got[s.name])
+            if a.ndim == 1:
+                a = a.reshape(-1, 1)
+            if a.ndim != 2 or a.shape[1] != 1:
+                raise BindingError(
+                    f"{fname}(): segments leaf {s.name!r} has shape {a.shape}; expected int32[n] "
+                    f"(one id per element of the packed vector)"
+                )
+            if not np.issubdtype(a.dtype, np.integer):
+                raise BindingError(
+                    f"{fname}(): segments leaf {s.name!r} has dtype {a.dtype}; expected integer ids (int32)"
+                )
+            lo, hi = bounds[s.name]
+            if not trusted and a.size:
+                a_min, a_max = int(a.min()), int(a.max())
+                if a_min < lo:
+                    raise BindingError(
+                        f"{fname}(): segments leaf {s.name!r} holds {a_min}; ids start at {lo}"
+                    )
+                if hi is not None and a_max >= hi:
+                    raise BindingError(self._too_many(fname, s.name, a_max + 1, hi))
+            out.append(np.ascontiguousarray(a, dtype=np.int32))
+        return out
+
+    def _too_many(self, fname: str, leaf: str, have: int, limit: int) -> str:
+        what, opt = ("tensors", "max_segments") if leaf == "segment_ids" else ("rows", "max_rows")
+        return (
+            f"{fname}(): the packed model has {have} {what} but this module was compiled for at "
+            f"most {limit} ({leaf} < {limit}); recompile with a larger bound "
+            f"(polaris compile ... --{opt.replace('_', '-')} N, or compile_optimizer(..., {opt}=N))"
+        )
 
     def _zeros_like_params(self, grads):
         if isinstance(grads, Tree):
