@@ -430,8 +430,8 @@ def main(argv=None) -> int:
     args.sizes = args.sizes or [10_000, 100_000, 1_000_000, 10_000_000]
     args.optimizers = args.optimizers or list(C.OPTIMIZERS)
     args.gpt2 = args.gpt2 or "quarter"
-    args.repeats = args.repeats or 15
-    args.target_s = args.target_s or 0.04
+    args.repeats = args.repeats or 21
+    args.target_s = args.target_s or 0.05
     args.peers = [p.strip() for p in args.peers.split(",")]
     bad = [p for p in args.peers if p not in PEERS]
     if bad:
