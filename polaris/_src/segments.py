@@ -58,24 +58,36 @@ class FlatSegments:
     num_rows: int = DEFAULT_MAX_ROWS
     used: set = dataclasses.field(default_factory=set)  # {"segment_ids", "row_ids"}
 
-    # -- the two reductions every helper is built from ---------------------------------------
-    def segment_sum(self, x, what: str = "a per-tensor reduction"):
-        """``x`` (a flat leaf) summed per segment, broadcast back to ``x``'s shape, float32."""
-        ids = self._ids("segment_ids", x, what)
-        return _broadcast(_scatter_sum(x, ids, self.num_segments), ids)
+    # -- the two primitives every helper is built from ---------------------------------------
+    # Helpers reduce into segment space ((num,) vectors), compute there, and broadcast back once:
+    # each scatter is a pass over the whole vector (serial on IREE's CPU backend).
+    def sums(self, x, what: str = "a per-tensor reduction", kind: str = "segment_ids"):
+        """``x`` (a flat leaf) summed per segment (``kind="row_ids"``: per row): float32
+        ``(num_segments,)`` (``(num_rows,)``); ids out of range (``-1``) are dropped."""
+        ids = self._ids(kind, x, what)
+        return _scatter_sum(x, ids, self.num_segments if kind == "segment_ids" else self.num_rows)
 
-    def segment_count(self, x, what: str = "a per-tensor reduction"):
-        """The number of elements of each element's segment, broadcast to ``x``'s shape."""
-        return self.segment_sum(jnp.ones(jnp.shape(x), _F32), what)
+    def counts(self, x, what: str = "a per-tensor reduction", kind: str = "segment_ids"):
+        """The number of elements in each segment (row), float32."""
+        return self.sums(jnp.ones(jnp.shape(x), _F32), what, kind)
+
+    def broadcast(self, per_segment, kind: str = "segment_ids"):
+        """``per_segment[ids]``: a segment-space vector back in the flat vector's shape; for
+        ``row_ids``, 0.0 where the id is ``-1``."""
+        ids = self._ids(kind, None, "broadcast")
+        weight = (ids >= 0).astype(_F32) if kind == "row_ids" else None
+        return _broadcast(per_segment, ids, weight)
+
+    # -- conveniences ---------------------------------------------------------------------
+    def segment_sum(self, x, what: str = "a per-tensor reduction"):
+        """``x`` summed per segment, broadcast back to ``x``'s shape, float32."""
+        return self.broadcast(self.sums(x, what))
 
     def row_mean(self, x, what: str = "centralize"):
         """Each element's row mean (float32, ``x``'s shape); 0.0 for elements outside rows
         (``row_ids == -1``: tensors of rank <= 1)."""
-        ids = self._ids("row_ids", x, what)
-        sums = _scatter_sum(x, ids, self.num_rows)
-        counts = _scatter_sum(jnp.ones(jnp.shape(x), _F32), ids, self.num_rows)
-        means = sums / jnp.maximum(counts, 1.0)
-        return _broadcast(means, ids, (ids >= 0).astype(_F32))
+        means = self.sums(x, what, "row_ids") / jnp.maximum(self.counts(x, what, "row_ids"), 1.0)
+        return self.broadcast(means, "row_ids")
 
     def _ids(self, kind: str, x, what: str):
         ids = self.segment_ids if kind == "segment_ids" else self.row_ids
@@ -85,7 +97,7 @@ class FlatSegments:
                 f"has none; pass flat_segments(..., {kind}=...)"
             )
         self.used.add(kind)
-        if jnp.ndim(x) != 1 or not _same_dim(jnp.shape(x)[0], jnp.shape(ids)[0]):
+        if x is not None and (jnp.ndim(x) != 1 or not _same_dim(jnp.shape(x)[0], jnp.shape(ids)[0])):
             raise ValueError(
                 f"{what} inside flat_segments: the leaf has shape {jnp.shape(x)} but {kind} has "
                 f"shape {jnp.shape(ids)}; inside the context every parameter leaf must be the "

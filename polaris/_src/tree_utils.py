@@ -102,7 +102,7 @@ def per_tensor_sum_sq(x, what: str = "a per-tensor reduction"):
     ctx = _segments()
     if ctx is None:
         return jnp.sum(jnp.square(x32))
-    return ctx.segment_sum(jnp.square(x32), what)
+    return ctx.broadcast(ctx.sums(jnp.square(x32), what))
 
 
 def per_tensor_norm(x, what: str = "a per-tensor reduction"):
@@ -112,30 +112,38 @@ def per_tensor_norm(x, what: str = "a per-tensor reduction"):
 
 def per_tensor_rms(x, what: str = "a per-tensor reduction"):
     """``sqrt(mean(x**2))`` over ``x``'s tensor (per segment inside ``flat_segments``)."""
+    x32 = jnp.asarray(x).astype(STATE_DTYPE)
     ctx = _segments()
     if ctx is None:
-        return jnp.sqrt(jnp.mean(jnp.square(jnp.asarray(x).astype(STATE_DTYPE))))
-    return jnp.sqrt(per_tensor_sum_sq(x, what) / jnp.maximum(ctx.segment_count(x, what), 1.0))
+        return jnp.sqrt(jnp.mean(jnp.square(x32)))
+    mean_sq = ctx.sums(jnp.square(x32), what) / jnp.maximum(ctx.counts(x32, what), 1.0)
+    return ctx.broadcast(jnp.sqrt(mean_sq))
+
+
+def _safe_sqrt(sq, floor):
+    """``max(sqrt(sq), floor)`` as :func:`safe_norm` computes it (``floor`` where
+    ``sqrt(sq) <= floor``), with a finite gradient where ``sq == 0``."""
+    small = jnp.sqrt(sq) <= floor
+    return jnp.where(small, jnp.asarray(floor, STATE_DTYPE), jnp.sqrt(jnp.where(small, 1.0, sq)))
 
 
 def per_tensor_safe_norm(x, min_norm, what: str = "a per-tensor reduction"):
-    """:func:`safe_norm` over ``x``'s tensor (per segment inside ``flat_segments``)."""
-    if _segments() is None:
+    """:func:`safe_norm` over ``x``'s tensor (per segment inside ``flat_segments``: one pass)."""
+    ctx = _segments()
+    if ctx is None:
         return safe_norm(x, min_norm)
-    x = jnp.asarray(x)
-    norm = per_tensor_norm(x, what)
-    masked = jnp.where(norm <= min_norm, jnp.ones_like(x), x)
-    return jnp.where(norm <= min_norm, jnp.asarray(min_norm, STATE_DTYPE), per_tensor_norm(masked, what))
+    x32 = jnp.asarray(x).astype(STATE_DTYPE)
+    return ctx.broadcast(_safe_sqrt(ctx.sums(jnp.square(x32), what), min_norm))
 
 
 def per_tensor_safe_rms(x, min_rms, what: str = "a per-tensor reduction"):
     """:func:`safe_rms` over ``x``'s tensor (per segment inside ``flat_segments``)."""
-    if _segments() is None:
+    ctx = _segments()
+    if ctx is None:
         return safe_rms(x, min_rms)
-    x = jnp.asarray(x).astype(STATE_DTYPE)
-    rms = per_tensor_rms(x, what)
-    masked = jnp.where(rms <= min_rms, jnp.ones_like(x), x)
-    return jnp.where(rms <= min_rms, jnp.asarray(min_rms, STATE_DTYPE), per_tensor_rms(masked, what))
+    x32 = jnp.asarray(x).astype(STATE_DTYPE)
+    mean_sq = ctx.sums(jnp.square(x32), what) / jnp.maximum(ctx.counts(x32, what), 1.0)
+    return ctx.broadcast(_safe_sqrt(mean_sq, min_rms))
 
 
 def per_row_mean(x):
