@@ -160,6 +160,11 @@ def _check_leaf(group: str, spec: LeafSpec, arr: np.ndarray, dims: dict[str, int
     return arr
 
 
+# Vulkan device families whose drivers allow at most 65535 workgroups per dimension.
+VULKAN_65535_FAMILIES = ("llvmpipe", "arm", "qualcomm")
+VULKAN_SCATTER_LIMIT = 65535
+
+
 class Module:
     """A loaded ``.vmfb``: its manifest, its device and its exported functions."""
 
@@ -392,6 +397,23 @@ class Optimizer(Module):
             return {"segments": segments}
         return {"segments": self._segment_arrays(fname, segments)}
 
+    def _check_workgroup_limit(self, fname: str, n: int) -> None:
+        """IREE 3.13 runs a segment sum (a scatter) as one workgroup per element; Vulkan devices
+        limited to 65535 workgroups per dimension (measured: Mesa llvmpipe; Mali and Adreno
+        report the same limit) silently sum only part of a longer vector. Refuse instead."""
+        if not self.driver.startswith("vulkan") or n <= VULKAN_SCATTER_LIMIT:
+            return
+        built_for = self.manifest.target.get("vulkan_target") or self.manifest.target.get("arch") or ""
+        family = dev._family_of_target(built_for)
+        if family in VULKAN_65535_FAMILIES:
+            raise BindingError(
+                f"{fname}(): this module's per-tensor reductions cannot cover {n} elements on a "
+                f"Vulkan {family} device ({built_for}): it runs at most {VULKAN_SCATTER_LIMIT} "
+                f"workgroups per dimension and IREE 3.13 spends one per element on a segment sum. "
+                f"Use at most {VULKAN_SCATTER_LIMIT} elements per module here, a tree-layout module "
+                f"compiled for the model (polaris compile ... --layout), or the llvm-cpu target"
+            )
+
     def _no_segments_message(self, fname: str) -> str:
         why = (
             "a tree layout knows its tensors"
@@ -458,6 +480,7 @@ class Optimizer(Module):
                 if hi is not None and a_max >= hi:
                     raise BindingError(self._too_many(fname, s.name, a_max + 1, hi))
             out.append(np.ascontiguousarray(a, dtype=np.int32))
+        self._check_workgroup_limit(fname, out[0].shape[0])
         return out
 
     def _too_many(self, fname: str, leaf: str, have: int, limit: int) -> str:
