@@ -57,6 +57,19 @@ PEERS = ("polaris", "iree-bare", "optax", "numpy")
 
 
 # -- modules ------------------------------------------------------------------------------------
+def _source_digest() -> str:
+    """A digest of the frontend's and compiler's sources (a changed transform recompiles)."""
+    import polaris
+    import polaris_compiler
+
+    h = hashlib.sha256()
+    for pkg in (polaris, polaris_compiler):
+        root = pathlib.Path(pkg.__file__).parent
+        for f in sorted(root.rglob("*.py")):
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def compiled_module(opt: str, layout_kind: str, shapes: dict | None, cpu: str = "host", extra: tuple[str, ...] = ()) -> pathlib.Path:
     """The ``.vmfb`` of ``opt`` for the flat layout or a tree of shapes, cached in .cache/bench."""
     from polaris._src import registry
@@ -64,7 +77,7 @@ def compiled_module(opt: str, layout_kind: str, shapes: dict | None, cpu: str = 
 
     name, options = C.POLARIS[opt]
     vers = C.versions("iree-base-compiler", "jax", "polaris-iree")
-    key_src = repr((vers, name, sorted(options.items()), layout_kind, C.shape_leaves(shapes) if shapes else None, cpu, extra, C.cpu_model()))
+    key_src = repr((vers, name, sorted(options.items()), layout_kind, C.shape_leaves(shapes) if shapes else None, cpu, extra, C.cpu_model(), _source_digest()))
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
     path = CACHE / f"{opt}-{layout_kind}-{cpu}-{key}.vmfb"
     if path.exists():
@@ -307,7 +320,7 @@ def targets(results: list[dict]) -> list[dict]:
         return a[0]["step_s"] / b[0]["step_s"] if a and b else None
 
     out = []
-    layouts = sorted({r["layout"] for r in results}, key=lambda s: (not s[0].isdigit(), s))
+    layouts = list(dict.fromkeys(r["layout"] for r in results if r["optimizer"] == "adam"))
     for layout in layouts:
         if layout in ("1M", "10M"):
             goal = 0.7
