@@ -420,7 +420,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="~1 minute smoke run: adam and sgd_momentum at 1e4 and 1e6, no GPT-2")
+    ap.add_argument("--quick", action="store_true", help="smoke run (well under a minute): every optimizer at 1e4 and 1e6, no GPT-2, 5 samples")
     ap.add_argument("--sizes", type=C.parse_sizes, default=None, help="flat sizes, e.g. 1e4,1e5,1e6,1e7")
     ap.add_argument("--optimizers", type=C.parse_optimizers, default=None, help=f"comma list of {','.join(C.OPTIMIZERS)}")
     ap.add_argument("--peers", default=",".join(PEERS), help=f"comma list of {','.join(PEERS)}")
@@ -436,7 +436,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.sizes = args.sizes or [10_000, 1_000_000]
-        args.optimizers = args.optimizers or ["adam", "sgd_momentum"]
+        args.optimizers = args.optimizers or list(C.OPTIMIZERS)
         args.gpt2 = args.gpt2 or "none"
         args.repeats = args.repeats or 5
         args.target_s = args.target_s or 0.02
