@@ -352,3 +352,20 @@ def test_vulkan_llvmpipe_refuses_more_elements_than_workgroups():
         else:
             with pytest.raises(pr.BindingError, match=r"cannot cover 65536 elements on a Vulkan llvmpipe device.*65535 workgroups"):
                 opt.upload_segments(packing)
+
+
+def test_cli_sets_the_bound_and_inspect_shows_it(tmp_path):
+    from click.testing import CliRunner
+
+    from polaris.cli.__main__ import cli
+
+    out = tmp_path / "lamb.vmfb"
+    runner = CliRunner()
+    r = runner.invoke(cli, ["compile", "lamb", "--max-segments", "64", "-o", str(out)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert pr.inspect_module(out).segments == {"leaves": ["segment_ids"], "max": 64}
+    text = runner.invoke(cli, ["inspect", str(out)], catch_exceptions=False).output
+    assert "takes segments: segment_ids (at most 64 tensors" in text
+    assert "step(params, grads, state, segments)" in text
+    r = runner.invoke(cli, ["compile", "lamb", "--max-segments", "0", "-o", str(out)])
+    assert r.exit_code != 0 and "--max-segments" in r.output

@@ -66,6 +66,14 @@ def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) 
     for note in t.get("notes", []):
         click.echo(f"  note: {note}")
     click.echo("  versions: " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
+    seg = m.segments
+    if seg:
+        bounds = []
+        if "max" in seg:
+            bounds.append(f"{seg['max']} tensors")
+        if "max_rows" in seg:
+            bounds.append(f"{seg['max_rows']} rows")
+        click.echo(f"  takes segments: {', '.join(seg['leaves'])} (at most {', '.join(bounds)}; docs/flat-modules.md)")
     for fname, f in m.functions.items():
         donates = f" (donates {', '.join(f.donates)})" if f.donates else ""
         click.echo(f"  {fname}({', '.join(f.inputs)}) -> ({', '.join(f.outputs)}){donates}")
