@@ -32,6 +32,10 @@ def update_moment(updates, moments, decay, order):
 def bias_correction(moments, decay, count):
     """``m / (1 - decay**count)`` per leaf; ``count`` is the (already incremented) step."""
     correction = 1 - decay ** count.astype(STATE_DTYPE)
+    # A scalar computed once, outside the elementwise kernel: without the barrier IREE fuses the
+    # scalar pow into the per-element loop and recomputes it for every vector (the count is read
+    # from a buffer LLVM cannot prove unaliased with the outputs); see docs/performance.md.
+    correction = jax.lax.optimization_barrier(correction)
     return jax.tree.map(lambda m: m / correction.astype(m.dtype), moments)
 
 

@@ -18,6 +18,7 @@ Thread safety
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import threading
@@ -46,6 +47,8 @@ class Tree:
         self._arrays = list(arrays)
         self._owner = owner
         self._consumed_by: str | None = None
+        # (module, dims, arrays) once a module has checked (or produced) exactly these arrays
+        self._verified: tuple | None = None
 
     # -- access ---------------------------------------------------------------------------
     @property
@@ -133,6 +136,39 @@ def unflatten_names(names: Sequence[str], values: Sequence[Any]) -> dict:
     return out
 
 
+_NP_DTYPES: dict[str, Any] = {}
+
+
+def _np_dtype(name: str):
+    """``np.dtype(name)``, cached; None where numpy has no such dtype (bfloat16 without ml_dtypes)."""
+    try:
+        return _NP_DTYPES[name]
+    except KeyError:
+        try:
+            d = np.dtype(name)
+        except TypeError:
+            d = None
+        _NP_DTYPES[name] = d
+        return d
+
+
+def _group_dims(specs: Sequence[LeafSpec], dims: dict[str, int]) -> tuple:
+    """The dynamic dimensions that ``specs`` use, with their values in ``dims``."""
+    return tuple((d, dims[d]) for d in dict.fromkeys(d for s in specs for d in s.shape if isinstance(d, str)) if d in dims)
+
+
+def _same_arrays(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _merge_dims(dims: dict[str, int], known: tuple) -> bool:
+    """Adds ``known`` to ``dims``; False (and ``dims`` unchanged) if any value disagrees."""
+    if any(dims.get(d, n) != n for d, n in known):
+        return False
+    dims.update(known)
+    return True
+
+
 def _check_leaf(group: str, spec: LeafSpec, arr: np.ndarray, dims: dict[str, int]) -> np.ndarray:
     shape = tuple(arr.shape)
     if len(shape) != len(spec.shape):
@@ -151,6 +187,9 @@ def _check_leaf(group: str, spec: LeafSpec, arr: np.ndarray, dims: dict[str, int
             raise BindingError(
                 f"{group} leaf {spec.name!r} has shape {shape} but the module expects {spec.shape_str()}"
             )
+    want = _np_dtype(spec.dtype)
+    if want is not None and arr.dtype == want:  # the common case, without np.dtype(...).name
+        return arr
     got_dtype = np.dtype(arr.dtype).name
     if got_dtype != spec.dtype:
         raise BindingError(
@@ -179,6 +218,8 @@ class Module:
         self._context.add_vm_module(vm_module)
         bound = self._context.modules[vm_module.name]
         self._functions = {name: bound[name] for name in manifest.functions}
+        self._direct = {name: _direct_call(vm_module, name) for name in manifest.functions}
+        self._verified_lists: dict[str, tuple] = {}
 
     @property
     def device(self):
@@ -201,9 +242,14 @@ class Module:
                     f"{fname}(): the {value.group} tree passed as {group} has leaves "
                     f"{value.names} but the module expects {[s.name for s in specs]}"
                 )
-            for s, a in zip(specs, value.arrays, strict=True):
+            arrays = value.arrays
+            v = value._verified
+            if v is not None and v[0] is self and _same_arrays(v[2], arrays) and _merge_dims(dims, v[1]):
+                return list(arrays), value  # checked before, or produced by this module
+            for s, a in zip(specs, arrays, strict=True):
                 _check_leaf(group, s, _ShapeOnly(a), dims)
-            return list(value.arrays), value
+            value._verified = (self, _group_dims(specs, dims), tuple(arrays))
+            return list(arrays), value
         if isinstance(value, Mapping):
             flat = flatten_names(value)
             want = [s.name for s in specs]
@@ -234,6 +280,9 @@ class Module:
                 f"{fname}(): {group} must be a dict of arrays, a list in ABI order or a Tree, got "
                 f"{type(value).__name__}"
             )
+        v = self._verified_lists.get(group)
+        if v is not None and _same_arrays(v[0], leaves) and _merge_dims(dims, v[1]):
+            return list(leaves), None  # the same device arrays as last time (e.g. grads)
         out = []
         for s, leaf in zip(specs, leaves, strict=True):
             if isinstance(leaf, rt.DeviceArray):
@@ -247,6 +296,8 @@ class Module:
             else:
                 arr = leaf if isinstance(leaf, np.ndarray) else np.asarray(leaf)
                 out.append(_check_leaf(group, s, arr, dims))
+        if all(isinstance(a, rt.DeviceArray) for a in out):
+            self._verified_lists[group] = (tuple(out), _group_dims(specs, dims))
         return out, None
 
     def call(self, fname: str, **groups) -> dict[str, Tree]:
@@ -282,9 +333,13 @@ class Module:
                                 f"donated leaf; {fname}() writes them in place, so each needs its own"
                             )
                         seen.add(id(leaf))
+        direct = self._direct.get(fname)
         with self._lock:
             try:
-                results = self._functions[fname](*args)
+                if direct is not None and all(isinstance(a, rt.DeviceArray) for a in args):
+                    results = direct(self._context.vm_context, self.device, args)
+                else:
+                    results = self._functions[fname](*args)
             except (RuntimeError, ValueError, IndexError) as e:  # IREE maps statuses to these
                 raise ModuleError(f"{fname}() failed inside IREE on {self.driver}: {e}") from None
         if not isinstance(results, tuple):
@@ -295,7 +350,9 @@ class Module:
         i = 0
         for g in spec.outputs:
             specs = self.manifest.group(g)
-            out[g] = Tree(g, specs, results[i : i + len(specs)], self)
+            t = Tree(g, specs, results[i : i + len(specs)], self)
+            t._verified = (self, _group_dims(specs, dims), tuple(t._arrays))  # produced here
+            out[g] = t
             i += len(specs)
         return out
 
@@ -310,6 +367,40 @@ class Module:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.manifest.name} ({self.path}) on {self.driver}>"
+
+
+def _direct_call(vm_module: rt.VmModule, name: str):
+    """A caller of exported function ``name`` that skips IREE's FunctionInvoker.
+
+    Arguments are pushed as the device arrays' buffer views and results wrapped as
+    ``DeviceArray``s with the dtypes of the function's ABI reflection, as FunctionInvoker does,
+    without its per-argument Python packing and per-result conversion. None when the function's
+    results are not all plain arrays (FunctionInvoker then handles it).
+    """
+    from iree.runtime.dtypes import map_abi_type_to_dtype_info
+
+    try:
+        fn = vm_module.lookup_function(name)
+        descs = json.loads(fn.reflection["iree.abi"])["r"]
+        dtypes = [map_abi_type_to_dtype_info(d[1]).dtype for d in descs]
+    except Exception:  # no or unexpected reflection: use FunctionInvoker
+        return None
+    if not all(isinstance(d, list) and d and d[0] == "ndarray" for d in descs):
+        return None
+    n_out, bv_type, device_array = len(descs), rt.HalBufferView, rt.DeviceArray
+
+    def call(vm_context, device, args):
+        arg_list = rt.VmVariantList(len(args))
+        for a in args:
+            arg_list.push_ref(a._buffer_view)
+        ret = rt.VmVariantList(n_out)
+        vm_context.invoke(fn, arg_list, ret)
+        return tuple(
+            device_array(device, ret.get_as_object(i, bv_type), implicit_host_transfer=True, override_dtype=dtypes[i])
+            for i in range(n_out)
+        )
+
+    return call
 
 
 class _ShapeOnly:
