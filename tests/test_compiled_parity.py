@@ -10,7 +10,8 @@ import pytest
 
 import polaris
 from polaris._src import registry
-from polaris_compiler import Layout
+import polaris_runtime as pr
+from polaris_compiler import Layout, compile_optimizer
 
 TREE = {
     "w": (3, 4),
@@ -172,7 +173,6 @@ def test_hyperparameter_changes_without_recompiling(modules):
 
 
 OPTIMIZERS = registry.names()
-SIGN_BASED = {"lion", "sign_sgd"}  # update = lr * sign(...): discontinuous at 0
 
 
 @pytest.mark.parametrize("layout_kind", ["tree", "flat"])
@@ -196,17 +196,30 @@ def test_every_registered_optimizer_compiles_and_matches_eager(name, layout_kind
     segments = np.zeros(37, np.int32) if opt.takes_segments else None
     got, state = compiled_run(opt, params, grads, segments=segments)
     ref, ref_state = eager_run(spec.build(**opts), params, grads)
-    if name in SIGN_BASED:
-        # sign(x) flips when x is within rounding of 0, so a few elements may take a step the other
-        # way: at most 1% of them, each by at most 2 * lr per step; all others match tightly.
-        lr = opts.get("learning_rate", registry.get(name).defaults()["learning_rate"])
-        for x, y in zip(jax.tree.leaves(got[-1]), jax.tree.leaves(ref[-1]), strict=True):
-            diff = np.abs(np.asarray(x) - np.asarray(y))
-            off = diff > 2e-6 + 2e-5 * np.abs(np.asarray(y))
-            assert off.mean() <= 0.01 + 1.0 / off.size, f"{name}: {off.sum()} of {off.size} differ"
-            assert diff.max() <= 2 * lr * len(grads) + 1e-6
-        return
     for i in (0, 4, 19):
         assert_trees_close(got[i], ref[i], rtol=2e-5, atol=2e-6, what=f"{name}/{layout_kind} step {i + 1}")
     assert_trees_close(state.leaves(), jax.tree.leaves(ref_state), rtol=2e-5, atol=2e-6, what=f"{name}/{layout_kind}: state")
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(got[-1]))
+
+
+def test_no_write_after_read_hazard_in_place():
+    """Regression: Lion reads the old momentum for the step and writes the new one on another
+    path; with the momentum written in place IREE 3.13 wrote it first and ~0.4% of elements took
+    the wrong sign. The compiler keeps only hazard-free in-place outputs (hazards.py)."""
+    from polaris_compiler.hazards import safe_aliases
+
+    tx = registry.get("lion").build(learning_rate=1e-3)
+    n = 100_000
+    rng = np.random.default_rng(5)
+    p0 = rng.standard_normal(n).astype(np.float32)
+    grads = [rng.standard_normal(n).astype(np.float32) for _ in range(20)]
+    art = compile_optimizer(tx, Layout.flat(), name="lion")
+    got, _ = compiled_run(pr.load(art.vmfb), p0, grads)
+    ref, _ = eager_run(tx, p0, grads)
+    np.testing.assert_array_equal(got[-1], ref[-1])
+
+    # the analysis itself: x is read by the output's producer (safe) and by another path (not)
+    spec = jax.ShapeDtypeStruct((4,), jnp.float32)
+    safe = safe_aliases(lambda x, y: (x * 2, y + x), [spec, spec], {0: 0, 1: 1})
+    assert safe == {1: 1}
+    assert safe_aliases(lambda x: (x + 1,), [spec], {0: 0}) == {0: 0}

@@ -29,6 +29,7 @@ from polaris._src.segments import DEFAULT_MAX_ROWS, DEFAULT_MAX_SEGMENTS, flat_s
 from polaris_compiler import versions
 from polaris_compiler.errors import CompileError, LayoutError
 from polaris_compiler.export import export_text, manifest_reflection, merge_modules
+from polaris_compiler.hazards import safe_aliases
 from polaris_compiler.layout import Layout
 from polaris_compiler.options import CompileOptions, build_flags
 from polaris_runtime.manifest import SCHEMA, SCHEMA_VERSION, Manifest
@@ -155,15 +156,19 @@ def compile_optimizer(
         "step": export_text(step_fn, [*p_leaves, *p_leaves, *s_leaves, *seg_leaves]),
     }
     # In-place outputs, pinned leaf to leaf: update's state i -> its state output i; step's
-    # params i -> params output i and state j -> state output j.
-    # With segments, scalar state (step counters) is not written in place: IREE 3.13 may order
-    # the dispatch that writes `count + 1` into the donated counter before a dispatch that still
-    # reads the old count (seen with adafactor: its second moment decayed with the next step's
-    # beta). A scalar gains nothing from being in place.
-    in_place = [j for j in range(n_s) if not (seg_names and len(s_leaves[j].shape) == 0)]
+    # params i -> params output i and state j -> state output j; each kept only where no
+    # dispatch can still read the old value after the new one is written (hazards.py).
     aliases = {
-        "update": {n_p + j: n_p + j for j in in_place},
-        "step": {**{i: i for i in range(n_p)}, **{2 * n_p + j: n_p + j for j in in_place}},
+        "update": safe_aliases(
+            update_fn,
+            [*p_leaves, *s_leaves, *p_leaves, *seg_leaves],
+            {n_p + j: n_p + j for j in range(n_s)},
+        ),
+        "step": safe_aliases(
+            step_fn,
+            [*p_leaves, *p_leaves, *s_leaves, *seg_leaves],
+            {**{i: i for i in range(n_p)}, **{2 * n_p + j: n_p + j for j in range(n_s)}},
+        ),
     }
     param_names = [n for n, _ in layout.leaves()]
     state_names = [n for n, _ in tree_leaves_with_names(state_shape)]
