@@ -1,0 +1,104 @@
+"""artifacts/: the committed catalog matches a rebuild byte for byte, and every artifact works."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+import polaris_runtime as pr
+from polaris._src import registry
+from polaris_compiler import catalog
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ART = ROOT / "artifacts"
+INDEX = catalog.load_index(ART)
+ENTRIES = {e["file"]: e for e in INDEX["entries"]}
+
+
+def test_index_covers_every_optimizer_and_platform():
+    want = {catalog.entry_file(o, p) for o in catalog.OPTIMIZERS for p in catalog.PLATFORMS}
+    assert set(ENTRIES) == want
+    assert INDEX["catalog_version"] == catalog.CATALOG_VERSION
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_entry_file_hash_and_embedded_manifest_agree_with_the_index(name):
+    e = ENTRIES[name]
+    data = (ART / name).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == e["sha256"]
+    m = pr.inspect_module(data)
+    assert m.name == e["optimizer"] and m.options == e["options"]
+    assert m.schema_version == e["schema_version"] == pr.SCHEMA_VERSION
+    assert m.versions == e["versions"] and m.target == e["target"]
+    assert m.layout == "flat"
+
+
+def test_rebuild_is_byte_identical():
+    """`make artifacts` output is committed; a rebuild must reproduce it exactly."""
+    problems = catalog.check(ART, log=lambda *_: None)
+    assert not problems, "catalog differs from a rebuild (run `make artifacts` and commit):\n" + "\n".join(problems)
+
+
+def test_explain_names_what_changed():
+    old = {"options": {"b1": 0.9}, "target": {}, "schema_version": 1, "versions": {"iree_compiler": "3.13.0"}}
+    new = {"options": {"b1": 0.95}, "target": {}, "schema_version": 1, "versions": {"iree_compiler": "3.14.0"}}
+    text = catalog.explain(old, new)
+    assert "b1 0.9 -> 0.95" in text and "iree_compiler '3.13.0' -> '3.14.0'" in text
+    assert "different code" in catalog.explain(old, old)
+
+
+X86 = sorted(n for n, e in ENTRIES.items() if e["platform"] == "x86_64")
+
+
+@pytest.mark.parametrize("name", X86)
+def test_cpu_artifact_matches_the_jax_reference(name):
+    import jax
+
+    import polaris
+
+    e = ENTRIES[name]
+    spec = registry.get(e["optimizer"])
+    options = {k: v for k, v in e["options"].items() if k in spec.defaults()}
+    tx = spec.build(**options)
+    opt = pr.load(ART / name)
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(1001).astype(np.float32)
+    grads = [rng.standard_normal(1001).astype(np.float32) for _ in range(10)]
+    seg = {"segments": np.zeros(1001, np.int32)} if opt.takes_segments else {}  # one tensor
+    s = opt.init(p0)
+    p = p0
+    for g in grads:
+        p, s = opt.step(p, g, s, **seg)
+    ref_p, ref_s = p0, tx.init(p0)
+    step = jax.jit(lambda p, g, s: (lambda u, s2: (polaris.apply_updates(p, u), s2))(*tx.update(g, s, p)))
+    for g in grads:
+        ref_p, ref_s = step(ref_p, g, ref_s)
+    np.testing.assert_allclose(p.numpy(), np.asarray(ref_p), rtol=2e-5, atol=2e-6)
+
+
+def test_llvmpipe_vulkan_artifacts_run_where_lavapipe_is_installed():
+    from polaris_runtime import device as dev
+
+    try:
+        dev.config_for("vulkan")
+    except pr.DeviceError as err:
+        pytest.skip(f"no vulkan device: {err}")
+    if "llvmpipe" not in (dev.vulkan_device_name("vulkan") or "").lower():
+        pytest.skip("the Vulkan device is not llvmpipe")
+    cpu = pr.load(ART / "adam-flat-f32-x86_64.vmfb")
+    vk = pr.load(ART / "adam-flat-f32-vulkan-llvmpipe.vmfb")
+    p = np.linspace(-1, 1, 4099, dtype=np.float32)
+    g = np.cos(np.arange(4099, dtype=np.float32))
+    a, sa = cpu.step(p, g, cpu.init(p))
+    b, sb = vk.step(p, g, vk.init(p))
+    np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_index_is_valid_json_with_sorted_keys():
+    text = (ART / "index.json").read_text()
+    assert json.loads(text) == INDEX
+    assert text == json.dumps(INDEX, indent=2, sort_keys=True) + "\n"
