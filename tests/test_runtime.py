@@ -181,3 +181,18 @@ def test_init_gives_every_state_leaf_its_own_buffer(modules):
     _, s = opt.step(p, np.ones(3, np.float32), s)
     np.testing.assert_allclose(s["0/mu"], 0.1, rtol=1e-6)
     np.testing.assert_allclose(s["0/nu"], 0.001, rtol=1e-6)
+
+
+def test_default_cpu_driver_follows_the_core_count(monkeypatch, modules):
+    """local-sync on <= 2 cores (measured faster there), local-task above; env overrides."""
+    from polaris_runtime import device as dev
+
+    monkeypatch.delenv("POLARIS_CPU_DRIVER", raising=False)
+    monkeypatch.setattr(dev.os, "cpu_count", lambda: 2)
+    assert dev.pick_driver(["llvm-cpu"], None) == "local-sync"
+    monkeypatch.setattr(dev.os, "cpu_count", lambda: 16)
+    assert dev.pick_driver(["llvm-cpu"], None) == "local-task"
+    assert dev.pick_driver(["vulkan"], None) == "vulkan"
+    monkeypatch.setenv("POLARIS_CPU_DRIVER", "local-sync")
+    assert dev.pick_driver(["llvm-cpu"], None) == "local-sync"
+    assert pr.load(modules.path("sgd", dict(learning_rate=0.1))).driver == "local-sync"
