@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 
 import _common as C  # noqa: E402
 from _numpy_peer import NumpyStep  # noqa: E402
+from polaris_runtime import device as pr_device  # noqa: E402
 
 CACHE = C.REPO / ".cache" / "bench"
 PEERS = ("polaris", "iree-bare", "optax", "numpy")
@@ -245,7 +246,7 @@ def run_suite(args) -> dict:
     results: list[dict] = []
     rng = np.random.default_rng(0)
     t_start = time.perf_counter()
-    driver = args.driver
+    driver = args.driver or pr_device.default_cpu_driver()  # the runtime's own default
 
     for opt in args.optimizers:
         flat = compiled_module(opt, "flat", None)
@@ -425,7 +426,7 @@ def main(argv=None) -> int:
     ap.add_argument("--optimizers", type=C.parse_optimizers, default=None, help=f"comma list of {','.join(C.OPTIMIZERS)}")
     ap.add_argument("--peers", default=",".join(PEERS), help=f"comma list of {','.join(PEERS)}")
     ap.add_argument("--gpt2", choices=["quarter", "full", "none"], default=None, help="many-tensor layout: GPT-2 small's 148 tensors, every dim /4 (default), full size, or none")
-    ap.add_argument("--driver", default="local-task", help="IREE driver for the polaris peers (local-task, local-sync)")
+    ap.add_argument("--driver", default=None, help="IREE driver for the polaris peers (default: the runtime's: local-sync on <= 2 cores)")
     ap.add_argument("--repeats", type=int, default=None, help="samples per peer (a third of it at >= 5M params)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--target-s", type=float, default=None, help="wall time of one sample (N steps)")
