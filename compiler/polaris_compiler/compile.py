@@ -90,6 +90,7 @@ def compile_optimizer(
     segments: bool | None = None,
     max_segments: int = DEFAULT_MAX_SEGMENTS,
     max_rows: int = DEFAULT_MAX_ROWS,
+    record: dict[str, Any] | None = None,
 ) -> Artifact:
     """Compiles ``tx`` for ``layout`` into a module exporting ``init``, ``update`` and ``step``.
 
@@ -106,6 +107,7 @@ def compile_optimizer(
       max_segments: the most tensors a flat module with segments serves (static; 4096).
       max_rows: the most rows (of rank >= 2 tensors) a flat module serves when ``centralize``
         needs ``row_ids`` (static; 2**20).
+      record: more top-level manifest fields (e.g. parameter groups: ``polaris_compiler.groups``).
     """
     params_tree = layout.tree
     p_leaves, p_def = jax.tree.flatten(params_tree)
@@ -205,6 +207,10 @@ def compile_optimizer(
             manifest["segments"]["max"] = max_segments
         if "row_ids" in seg_names:
             manifest["segments"]["max_rows"] = max_rows
+    for key, value in (record or {}).items():
+        if key in manifest:
+            raise ValueError(f"compile_optimizer: record may not replace the manifest field {key!r}")
+        manifest[key] = value
     _add_learning_rate_export(tx, s_def, s_leaves, hps, parts, manifest)
     return _finish(parts, manifest, options, flags, t0, aliases)
 
@@ -306,11 +312,23 @@ def _hyperparameters(tx, layout: Layout, state_shape, state_names) -> list[dict]
 
     vals = jax.jit(values)()
     names = [f for f, _ in found]
+    short = {leaf: _short_hp_name(leaf) for _, leaf in found}
     out = []
     for (field, leaf), v in zip(found, vals, strict=True):
-        label = field if names.count(field) == 1 else leaf
+        if names.count(field) == 1:
+            label = field
+        elif list(short.values()).count(short[leaf]) == 1:
+            label = short[leaf]  # e.g. a parameter group's "decay/learning_rate"
+        else:
+            label = leaf
         out.append({"name": label, "leaf": leaf, "default": float(v), "dtype": jnp.dtype(v.dtype).name})
     return out
+
+
+def _short_hp_name(leaf: str) -> str:
+    """``inner_states/decay/inner_state/2/learning_rate`` -> ``decay/learning_rate``."""
+    skip = {"inner_states", "inner_state"}
+    return "/".join(p for p in leaf.split("/") if not p.isdigit() and p not in skip)
 
 
 def _target_record(options: CompileOptions, flags: list[str]) -> dict:

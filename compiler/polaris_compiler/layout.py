@@ -34,6 +34,9 @@ class Layout:
     kind: str
     tree: Any  # pytree of ShapeDtypeStruct (tree) or a single ShapeDtypeStruct (flat)
     source: str = "flat"
+    # Parameter groups and frozen leaves from a layout file (see polaris_compiler/groups.py)
+    groups: tuple = ()
+    freeze: tuple[str, ...] = ()
 
     @classmethod
     def flat(cls, dtype: str = "float32") -> Layout:
@@ -71,14 +74,19 @@ class Layout:
             data = json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise LayoutError(f"layout file {str(p)!r} is not valid JSON: {e}") from None
-        if isinstance(data, dict) and isinstance(data.get("params"), dict) and set(data) <= {"params"}:
+        groups: tuple = ()
+        freeze: tuple[str, ...] = ()
+        if isinstance(data, dict) and isinstance(data.get("params"), dict) and set(data) <= {"params", "groups", "freeze"}:
+            groups = tuple(data.get("groups", ()))
+            freeze = tuple(data.get("freeze", ()))
             data = data["params"]
         if not isinstance(data, dict) or not data:
             raise LayoutError(
                 f"layout file {str(p)!r}: expected a JSON object of parameters, e.g. "
-                '{"dense": {"kernel": {"shape": [784, 128], "dtype": "float32"}}}'
+                '{"dense": {"kernel": {"shape": [784, 128], "dtype": "float32"}}}, or '
+                '{"params": {...}, "groups": [...], "freeze": [...]}'
             )
-        return cls("tree", _parse_json_tree(data, str(p), []), str(p))
+        return cls("tree", _parse_json_tree(data, str(p), []), str(p), groups, freeze)
 
     @classmethod
     def _from_npz(cls, p: pathlib.Path) -> Layout:

@@ -104,19 +104,23 @@ def _say(msg: str) -> None:
 @click.option("--no-cache", is_flag=True, help="Compile even if the compile cache holds this module (also POLARIS_NO_CACHE=1).")
 @click.option("--max-segments", type=click.IntRange(min=1), default=None, help="Flat layout: the most tensors the module serves when its transforms reduce per tensor (lamb, lars, fromage, adafactor). Default 4096. See docs/flat-modules.md.")
 @click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Flat layout: the most rows (of rank >= 2 tensors) for centralize. Default 1048576.")
-def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, cuda_arch, vulkan_target, save_temps, extra, no_cache, max_segments, max_rows):
+@click.option("--freeze", "freeze", multiple=True, metavar="PATTERN", help="Leaves whose names match get zero updates and no optimizer state (repeatable; e.g. 'embed/*'). Needs a layout file.")
+def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, cuda_arch, vulkan_target, save_temps, extra, no_cache, max_segments, max_rows, freeze):
     """Compile optimizer NAME to an IREE module exporting init, update and step.
 
     OPTIONS are KEY=VALUE pairs (see `polaris list`); a learning rate may be a schedule,
     e.g. learning_rate='cosine_decay(1e-3, decay_steps=1000)'. An identical request is served
     from the compile cache (no JAX, no compiler): see docs/cache.md.
+
+    NAME `groups` compiles the parameter groups of a layout file (an optimizer per group of
+    tensors, chosen by name patterns); see docs/parameter-groups.md.
     """
     t0 = time.perf_counter()
     from polaris_compiler import cache
 
     key = None
     if not (no_cache or save_temps) and cache.enabled():
-        key = _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra, max_segments, max_rows)
+        key = _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, (*extra, *(f"freeze={f}" for f in freeze)), max_segments, max_rows)
         hit = cache.get(key) if key else None
         if hit is not None:
             data, info = hit
@@ -130,9 +134,17 @@ def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, c
     from polaris._src import registry
     from polaris._src.errors import PolarisError
 
+    grouped = name == "groups"
     try:
-        spec = registry.get(name)
-        opts = _parse_options(spec, options)
+        if grouped:
+            if options:
+                raise UsageFailure("`polaris compile groups` takes its options from the layout file's groups, not KEY=VALUE")
+            if layout is None:
+                raise UsageFailure("`polaris compile groups` needs --layout FILE.json with a \"groups\" list (docs/parameter-groups.md)")
+            spec, opts = None, {}
+        else:
+            spec = registry.get(name)
+            opts = _parse_options(spec, options)
         from polaris_compiler.options import CompileOptions, Target
 
         tgts = [Target.parse(t) for t in target.split(",") if t.strip()]
@@ -145,9 +157,16 @@ def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, c
     _say(f"[1/3] building {name} and reading the layout ...")
     from polaris_compiler import CompileError, Layout, compile_optimizer
 
+    record = None
     try:
-        tx = spec.build(**opts)
+        tx = None if grouped else spec.build(**opts)
         lay = Layout.flat(dtype) if layout is None else Layout.from_file(layout)
+        if grouped and not lay.groups:
+            raise UsageFailure(f"layout file {layout!r} has no \"groups\" list (docs/parameter-groups.md)")
+        if grouped or freeze or lay.freeze or lay.groups:
+            from polaris_compiler import groups as param_groups
+
+            tx, record = param_groups.build(lay, tx, None if grouped else name, tuple(freeze))
     except PolarisError as e:
         raise UsageFailure(str(e)) from None
     copts = CompileOptions(
@@ -162,17 +181,17 @@ def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, c
     )
     for note in copts.notes():
         _say(f"note: {note}")
-    full = {**spec.defaults(), **opts}
+    full = {} if grouped else {**spec.defaults(), **opts}
     where = ",".join(t.value for t in copts.targets)
     _say(f"[2/3] tracing init/update/step with jax.export and compiling for {where} ...")
     try:
         bounds = {k: v for k, v in (("max_segments", max_segments), ("max_rows", max_rows)) if v is not None}
-        art = compile_optimizer(tx, lay, copts, name=name, optimizer_options=full, **bounds)
+        art = compile_optimizer(tx, lay, copts, name=name, optimizer_options=full, record=record, **bounds)
     except CompileError as e:
         raise UsageFailure(str(e)) from None
     except PolarisError as e:
         raise UsageFailure(str(e)) from None
-    default = default_output(name, opts, spec.defaults(), layout, dtype, "+".join(t.value for t in copts.targets))
+    default = default_output(name, opts, {} if grouped else spec.defaults(), layout, dtype, "+".join(t.value for t in copts.targets))
     path = art.save(output or default)
     if key:
         cache.put(key, art.vmfb, {"output": default, "optimizer": name, "seconds": art.seconds})

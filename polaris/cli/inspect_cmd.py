@@ -83,6 +83,14 @@ def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) 
             click.echo(f"    {s.name:<32} {s.shape_str():<16} {s.dtype}")
         if len(leaves) > 50:
             click.echo(f"    ... {len(leaves) - 50} more (--json shows all)")
+    if m.raw.get("param_groups"):
+        click.echo("  parameter groups:")
+        labels = m.raw.get("labels", {})
+        for g in m.raw["param_groups"]:
+            members = [n for n, lab in labels.items() if lab == g["label"]]
+            click.echo(f"    {g['label']}: {g['optimizer']} {g.get('options', {})} <- {', '.join(members)}")
+        if m.raw.get("frozen"):
+            click.echo(f"    frozen (no updates, no state): {', '.join(m.raw['frozen'])}")
     if m.hyperparameters:
         click.echo("  tunable hyperparameters:")
         for h in m.hyperparameters:
