@@ -30,10 +30,13 @@ demo: $(STAMP)
 	$(PY) examples/mlp/build.py --out out/demo
 	$(PY) examples/mlp/train.py --out out/demo
 
-## make bench: benchmarks (writes bench/results/)
+## make bench: step-time suite, soak (10k steps, RSS), footprint, compile/cold-start times (writes bench/results/)
 bench: $(STAMP)
 	$(PY) -m pytest -m slow -q
 	$(PY) bench/run.py
+	$(PY) bench/soak.py
+	$(PY) bench/footprint.py
+	$(PY) bench/compile_time.py
 
 ## make artifacts: rebuild the versioned catalog in artifacts/
 artifacts: $(STAMP)
