@@ -30,14 +30,14 @@ def tree_layout():
     return Layout.from_tree(random_tree(np.random.default_rng(0)))
 
 
-def eager_run(tx, params, grads_seq):
-    """Reference: the same transform run eagerly (jitted) in JAX; returns params after each step."""
+def run_jitted(tx, params, grads_seq, apply):
+    """Reference: a transform's init/update run eagerly (jitted) in JAX; params after each step."""
     state = tx.init(params)
 
     @jax.jit
     def step(p, g, s):
         u, s = tx.update(g, s, p)
-        return polaris.apply_updates(p, u), s
+        return apply(p, u), s
 
     out = []
     p = params
@@ -47,20 +47,12 @@ def eager_run(tx, params, grads_seq):
     return out, state
 
 
+def eager_run(tx, params, grads_seq):
+    return run_jitted(tx, params, grads_seq, polaris.apply_updates)
+
+
 def optax_run(otx, params, grads_seq):
-    state = otx.init(params)
-
-    @jax.jit
-    def step(p, g, s):
-        u, s = otx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-    out = []
-    p = params
-    for g in grads_seq:
-        p, state = step(p, g, state)
-        out.append(jax.tree.map(np.asarray, p))
-    return out
+    return run_jitted(otx, params, grads_seq, optax.apply_updates)[0]
 
 
 def compiled_run(opt, params, grads_seq, segments=None):
