@@ -215,3 +215,27 @@ def test_no_write_after_read_hazard_in_place():
     safe = safe_aliases(lambda x, y: (x * 2, y + x), [spec, spec], {0: 0, 1: 1})
     assert safe == {1: 1}
     assert safe_aliases(lambda x: (x + 1,), [spec], {0: 0}) == {0: 0}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_flat_modules_keep_f32_state(dtype):
+    """f16/bf16 parameters, f32 moments: the compiled module equals the same math in JAX."""
+    import ml_dtypes
+
+    np_dtype = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[dtype]
+    tx = registry.get("adam").build(learning_rate=1e-2)
+    opt = pr.load(compile_optimizer(tx, Layout.flat(dtype), name="adam").vmfb)
+    assert opt.manifest.params[0].dtype == dtype
+    assert {s.name: s.dtype for s in opt.manifest.state}["0/mu"] == "float32"
+    rng = np.random.default_rng(9)
+    p0 = rng.standard_normal(257).astype(np_dtype)
+    grads = [rng.standard_normal(257).astype(np_dtype) for _ in range(10)]
+    got, state = compiled_run(opt, p0, grads)
+    ref, _ = eager_run(tx, jnp.asarray(p0), [jnp.asarray(g) for g in grads])
+    assert got[-1].dtype == np_dtype
+    # the last rounding to the half type may differ by one unit in the last place
+    ulp = {"float16": 2.0**-10, "bfloat16": 2.0**-7}[dtype]
+    np.testing.assert_allclose(np.asarray(got[-1], np.float32), np.asarray(ref[-1], np.float32), rtol=ulp, atol=1e-3 * ulp)
+    moved = np.abs(np.asarray(got[-1], np.float32) - np.asarray(p0, np.float32)).mean()
+    assert moved > 10 * ulp * 0.01  # the parameters really moved
+    assert state["0/nu"].dtype == np.float32
