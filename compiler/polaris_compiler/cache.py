@@ -44,9 +44,10 @@ def _version(pkg: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def source_digest() -> str:
-    """SHA-256 over the .py files of the frontend and the compiler (found without importing)."""
+    """SHA-256 over the .py files of the frontend, the compiler and the runtime (its manifest schema),
+    found without importing them."""
     h = hashlib.sha256()
-    for pkg in ("polaris", "polaris_compiler"):
+    for pkg in ("polaris", "polaris_compiler", "polaris_runtime"):
         spec = importlib.util.find_spec(pkg)
         if spec is None or not spec.submodule_search_locations:
             continue
