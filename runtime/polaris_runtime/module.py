@@ -218,7 +218,10 @@ class Module:
         self._context.add_vm_module(vm_module)
         bound = self._context.modules[vm_module.name]
         self._functions = {name: bound[name] for name in manifest.functions}
-        self._direct = {name: _direct_call(vm_module, name) for name in manifest.functions}
+        self._direct = {
+            name: _direct_call(vm_module, name, sum(len(manifest.group(g)) for g in f.outputs))
+            for name, f in manifest.functions.items()
+        }
         self._verified_lists: dict[str, tuple] = {}
 
     @property
@@ -369,25 +372,29 @@ class Module:
         return f"<{type(self).__name__} {self.manifest.name} ({self.path}) on {self.driver}>"
 
 
-def _direct_call(vm_module: rt.VmModule, name: str):
+def _direct_call(vm_module: rt.VmModule, name: str, n_out: int):
     """A caller of exported function ``name`` that skips IREE's FunctionInvoker.
 
-    Arguments are pushed as the device arrays' buffer views and results wrapped as
-    ``DeviceArray``s with the dtypes of the function's ABI reflection, as FunctionInvoker does,
-    without its per-argument Python packing and per-result conversion. None when the function's
-    results are not all plain arrays (FunctionInvoker then handles it).
+    Arguments are pushed as the device arrays' buffer views and the ``n_out`` results (every
+    output of a polaris module is an array; the manifest says how many) wrapped as
+    ``DeviceArray``s, as FunctionInvoker does for functions without ``iree.abi`` reflection
+    (IREE 3.13 writes only ``iree.abi.declaration``), without its per-argument packing and
+    per-result conversion. Where ``iree.abi`` reflection exists, its result dtypes are applied.
     """
-    from iree.runtime.dtypes import map_abi_type_to_dtype_info
+    fn = vm_module.lookup_function(name)
+    dtypes: list = [None] * n_out
+    abi = fn.reflection.get("iree.abi")
+    if abi is not None:
+        from iree.runtime.dtypes import map_abi_type_to_dtype_info
 
-    try:
-        fn = vm_module.lookup_function(name)
-        descs = json.loads(fn.reflection["iree.abi"])["r"]
-        dtypes = [map_abi_type_to_dtype_info(d[1]).dtype for d in descs]
-    except Exception:  # no or unexpected reflection: use FunctionInvoker
-        return None
-    if not all(isinstance(d, list) and d and d[0] == "ndarray" for d in descs):
-        return None
-    n_out, bv_type, device_array = len(descs), rt.HalBufferView, rt.DeviceArray
+        try:
+            descs = json.loads(abi)["r"]
+            if len(descs) != n_out or not all(isinstance(d, list) and d and d[0] == "ndarray" for d in descs):
+                return None
+            dtypes = [map_abi_type_to_dtype_info(d[1]).dtype for d in descs]
+        except Exception:  # unexpected reflection: use FunctionInvoker
+            return None
+    bv_type, device_array = rt.HalBufferView, rt.DeviceArray
 
     def call(vm_context, device, args):
         arg_list = rt.VmVariantList(len(args))
