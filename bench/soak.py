@@ -27,6 +27,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _common  # noqa: E402  (bench/_common.py: stdlib and numpy only)
+
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "module": "compiled: adam learning_rate=0.001, flat" if args.module is None else str(args.module),
         "limit_mib": args.limit_mib,
         "passed": passed,
-        "cpu": _cpu_model(),
+        "cpu": _common.cpu_model(),
         "cores": os.cpu_count(),
         "versions": _versions(),
     }
@@ -156,16 +159,6 @@ def main(argv: list[str] | None = None) -> int:
         stem.with_suffix(".md").write_text(md)
         print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
     return 0 if passed else 1
-
-
-def _cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _versions() -> dict:

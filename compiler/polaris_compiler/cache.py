@@ -19,9 +19,10 @@ import importlib.util
 import json
 import os
 import pathlib
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+from polaris_runtime.fileio import atomic_write
 
 
 def cache_dir() -> pathlib.Path:
@@ -112,21 +113,8 @@ def put(key: str, vmfb: bytes, info: dict[str, Any] | None = None) -> None:
     d = cache_dir() / key[:2]
     try:
         d.mkdir(parents=True, exist_ok=True)
-        _atomic_write(d / f"{key}.vmfb", vmfb)
+        atomic_write(d / f"{key}.vmfb", vmfb)
         meta = {"sha256": hashlib.sha256(vmfb).hexdigest(), **(info or {})}
-        _atomic_write(d / f"{key}.json", json.dumps(meta, default=repr).encode())
+        atomic_write(d / f"{key}.json", json.dumps(meta, default=repr).encode())
     except OSError:
         pass
-
-
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise

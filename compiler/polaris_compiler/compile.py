@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,9 +21,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from polaris_runtime.fileio import atomic_write
+from polaris_runtime.manifest import SCHEMA, SCHEMA_VERSION, Manifest
 
 from polaris._src.apply import apply_updates
-from polaris._src.base import Transform, hyperparameter_leaves, transform_names, tree_leaves_with_names
+from polaris._src.base import (
+    Transform,
+    hyperparameter_leaves,
+    transform_names,
+    tree_leaves_with_names,
+)
 from polaris._src.segments import DEFAULT_MAX_ROWS, DEFAULT_MAX_SEGMENTS, flat_segments
 from polaris_compiler import versions
 from polaris_compiler.errors import CompileError, LayoutError
@@ -32,7 +38,6 @@ from polaris_compiler.export import export_text, manifest_reflection, merge_modu
 from polaris_compiler.hazards import safe_aliases
 from polaris_compiler.layout import Layout
 from polaris_compiler.options import CompileOptions, build_flags
-from polaris_runtime.manifest import SCHEMA, SCHEMA_VERSION, Manifest
 
 
 @dataclasses.dataclass
@@ -50,17 +55,7 @@ class Artifact:
         """Writes the ``.vmfb`` atomically (temporary file, fsync, rename)."""
         p = pathlib.Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.vmfb)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
-        return p
+        return atomic_write(p, self.vmfb)
 
 
 def _spec(name: str, s: jax.ShapeDtypeStruct) -> dict:

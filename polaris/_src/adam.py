@@ -19,6 +19,20 @@ class ScaleByAdamState(NamedTuple):
     nu: object
 
 
+def init_adam_state(params) -> ScaleByAdamState:
+    """A zero step count and zero (float32) first and second moments mirroring ``params``."""
+    return ScaleByAdamState(
+        count=jnp.zeros([], tu.COUNT_DTYPE), mu=tu.zeros_like(params), nu=tu.zeros_like(params)
+    )
+
+
+def adam_moments(updates, state: ScaleByAdamState, b1: float, b2: float):
+    """Adam's moment updates and incremented count: ``(mu, nu, count)``."""
+    mu = tu.update_moment(updates, state.mu, b1, 1)
+    nu = tu.update_moment(updates, state.nu, b2, 2)
+    return mu, nu, tu.safe_increment(state.count)
+
+
 @combinator
 def scale_by_adam(
     *,
@@ -53,16 +67,9 @@ def scale_by_adam(
       https://openreview.net/pdf?id=OM0jvwB8jIp57ZJjtNEZ
     """
 
-    def init(params):
-        return ScaleByAdamState(
-            count=jnp.zeros([], tu.COUNT_DTYPE), mu=tu.zeros_like(params), nu=tu.zeros_like(params)
-        )
-
     def apply(updates, state, params):
         del params
-        mu = tu.update_moment(updates, state.mu, b1, 1)
-        nu = tu.update_moment(updates, state.nu, b2, 2)
-        count = tu.safe_increment(state.count)
+        mu, nu, count = adam_moments(updates, state, b1, b2)
         if nesterov:
             mu_hat = jax.tree.map(
                 lambda m, g: b1 * m + (1 - b1) * g,
@@ -75,4 +82,4 @@ def scale_by_adam(
         out = jax.tree.map(lambda m, v: m / (jnp.sqrt(v + eps_root) + eps), mu_hat, nu_hat)
         return tu.cast_like(out, updates), ScaleByAdamState(count=count, mu=mu, nu=nu)
 
-    return stateful(init, apply)
+    return stateful(init_adam_state, apply)

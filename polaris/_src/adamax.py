@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from polaris._src import tree_utils as tu
-from polaris._src.adam import ScaleByAdamState
+from polaris._src.adam import ScaleByAdamState, init_adam_state
 from polaris._src.base import Transform, combinator, stateful
 
 
@@ -29,11 +29,6 @@ def scale_by_adamax(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1.0e-8) 
       https://arxiv.org/abs/1412.6980
     """
 
-    def init(params):
-        return ScaleByAdamState(
-            count=jnp.zeros([], tu.COUNT_DTYPE), mu=tu.zeros_like(params), nu=tu.zeros_like(params)
-        )
-
     def apply(updates, state, params):
         del params
         count = tu.safe_increment(state.count)
@@ -45,4 +40,4 @@ def scale_by_adamax(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1.0e-8) 
         out = jax.tree.map(lambda m, v: m / v, mu_hat, nu)
         return tu.cast_like(out, updates), ScaleByAdamState(count=count, mu=mu, nu=nu)
 
-    return stateful(init, apply)
+    return stateful(init_adam_state, apply)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from polaris._src import tree_utils as tu
-from polaris._src.adam import ScaleByAdamState
+from polaris._src.adam import ScaleByAdamState, adam_moments, init_adam_state
 from polaris._src.base import Transform, combinator, stateful
 
 
@@ -45,16 +45,9 @@ def scale_by_radam(
     """
     ro_inf = 2.0 / (1.0 - b2) - 1.0
 
-    def init(params):
-        return ScaleByAdamState(
-            count=jnp.zeros([], tu.COUNT_DTYPE), mu=tu.zeros_like(params), nu=tu.zeros_like(params)
-        )
-
     def apply(updates, state, params):
         del params
-        mu = tu.update_moment(updates, state.mu, b1, 1)
-        nu = tu.update_moment(updates, state.nu, b2, 2)
-        count = tu.safe_increment(state.count)
+        mu, nu, count = adam_moments(updates, state, b1, b2)
         t = tu.count_f32(count)
         b2t = b2**t
         ro = ro_inf - 2 * t * b2t / (1 - b2t)
@@ -70,4 +63,4 @@ def scale_by_radam(
         )
         return tu.cast_like(out, updates), ScaleByAdamState(count=count, mu=mu, nu=nu)
 
-    return stateful(init, apply)
+    return stateful(init_adam_state, apply)

@@ -68,16 +68,11 @@ def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch,
 
 
 def _write(path: str, data: bytes) -> pathlib.Path:
-    import os
-    import tempfile
+    from polaris_runtime.fileio import atomic_write
 
     p = pathlib.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, p)
-    return p
+    return atomic_write(p, data)
 
 
 def _short(dtype: str) -> str:

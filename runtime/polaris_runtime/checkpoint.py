@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +37,7 @@ import numpy as np
 
 from polaris_runtime import device as dev
 from polaris_runtime.errors import CheckpointError, ConsumedError
+from polaris_runtime.fileio import atomic_write
 from polaris_runtime.manifest import LeafSpec, Manifest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -166,33 +166,7 @@ def _atomic_write(p: pathlib.Path, write) -> None:
     d = p.parent if str(p.parent) else pathlib.Path(".")
     if not d.is_dir():
         raise CheckpointError(f"cannot save checkpoint {str(p)!r}: directory {str(d)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(d)
-
-
-def _fsync_dir(d: pathlib.Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover (platforms without directory handles)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(p, write)
 
 
 def _is_npz(p: pathlib.Path) -> bool:
