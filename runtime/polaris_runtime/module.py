@@ -19,6 +19,7 @@ Thread safety
 from __future__ import annotations
 
 import json
+import operator
 import os
 import pathlib
 import threading
@@ -44,11 +45,48 @@ class Tree:
     def __init__(self, group: str, specs: Sequence[LeafSpec], arrays: Sequence[Any], owner: Module):
         self.group = group
         self.specs = tuple(specs)
-        self._arrays = list(arrays)
+        self._arr: list | None = list(arrays)
+        self._views: tuple | None = None  # the buffer views, where a step plan produced the tree
+        self._dtypes: tuple = ()
         self._owner = owner
         self._consumed_by: str | None = None
         # (module, dims, arrays) once a module has checked (or produced) exactly these arrays
         self._verified: tuple | None = None
+
+    @classmethod
+    def _of_views(cls, group: str, specs: tuple, views: tuple, dtypes: tuple, owner: Module, dims: tuple) -> Tree:
+        """A tree of a call's result buffer views; its ``DeviceArray``s are made when first used."""
+        t = cls.__new__(cls)
+        t.group, t.specs, t._arr, t._views, t._dtypes = group, specs, None, views, dtypes
+        t._owner, t._consumed_by, t._verified = owner, None, (owner, dims, None)
+        return t
+
+    @property
+    def _arrays(self) -> list:
+        a = self._arr
+        if a is None:
+            device, array = self._owner.device, rt.DeviceArray
+            a = self._arr = [array(device, bv, True, d) for bv, d in zip(self._views, self._dtypes, strict=True)]
+            v = self._verified
+            if v is not None and v[2] is None:
+                self._verified = (v[0], v[1], tuple(a))
+        return a
+
+    @_arrays.setter
+    def _arrays(self, value) -> None:
+        self._arr, self._views = list(value), None
+
+    def _pristine_views(self) -> tuple | None:
+        """The buffer views, if the arrays are exactly what the module produced or checked."""
+        if self._arr is None:
+            return self._views
+        v = self._verified
+        if v is None or v[2] is None or not _same_arrays(self._arr, v[2]):
+            return None
+        views = self._views
+        if views is None:
+            views = self._views = tuple(a._buffer_view for a in self._arr)
+        return views
 
     # -- access ---------------------------------------------------------------------------
     @property
@@ -158,7 +196,7 @@ def _group_dims(specs: Sequence[LeafSpec], dims: dict[str, int]) -> tuple:
 
 
 def _same_arrays(a: Sequence[Any], b: Sequence[Any]) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+    return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
 def _merge_dims(dims: dict[str, int], known: tuple) -> bool:
@@ -223,6 +261,8 @@ class Module:
             for name, f in manifest.functions.items()
         }
         self._verified_lists: dict[str, tuple] = {}
+        self._step_plan: _StepPlan | None = None
+        self._last_bound: tuple | None = None
 
     @property
     def device(self):
@@ -322,8 +362,10 @@ class Module:
         args: list = []
         donated: list[Tree] = []
         seen: set[int] = set()
+        bound: dict[str, list] = {}
         for g in spec.inputs:
             leaves, tree = self._bind(g, groups[g], dims, fname)
+            bound[g] = leaves
             args.extend(leaves)
             if tree is not None and g in spec.donates:
                 donated.append(tree)
@@ -336,6 +378,7 @@ class Module:
                                 f"donated leaf; {fname}() writes them in place, so each needs its own"
                             )
                         seen.add(id(leaf))
+        self._last_bound = (fname, bound, dims)
         direct = self._direct.get(fname)
         with self._lock:
             try:
@@ -407,7 +450,113 @@ def _direct_call(vm_module: rt.VmModule, name: str, n_out: int):
             for i in range(n_out)
         )
 
+    call.function, call.n_out, call.dtypes = fn, n_out, dtypes
     return call
+
+
+class _StepPlan:
+    """The checks of a ``step`` call, done once, for the loop that repeats it.
+
+    A training loop calls ``params, state = opt.step(params, grads, state)`` with the Trees the
+    previous ``step`` returned (their shapes are the module's own, nothing to check again) and
+    gradients of the same layout every time. After a fully checked call the plan remembers its
+    outputs, its gradients' buffer shapes and element types and its segments; a later call that
+    passes exactly those output Trees (live, their arrays unchanged), gradients that are device
+    arrays on this device with the same shapes and element types (or the very same arrays), and
+    the same segments goes straight to ``VmContext.invoke``, and the results' ``DeviceArray``s
+    are made only when someone asks for them. Anything else (a dict, host arrays, a Tree changed
+    with ``set``, another shape) takes the checked path, which makes a new plan.
+    Measured (docs/performance.md): 33 us -> 13 us a 10k-parameter Adam step on local-sync.
+    """
+
+    __slots__ = ("mod", "call", "params", "state", "grads", "g_sig", "segments", "seg_views")
+
+    def __init__(self, mod: Module, params: Tree, state: Tree, grads: list, segments, seg_leaves):
+        self.mod = mod
+        self.call = mod._direct["step"]
+        self.params, self.state = params, state
+        self.grads = tuple(grads)
+        self.g_sig = tuple((a._buffer_view.shape, a._buffer_view.element_type) for a in grads)
+        self.segments = segments
+        self.seg_views = tuple(a._buffer_view for a in seg_leaves)
+
+    @classmethod
+    def after(cls, mod: Module, params: Tree, state: Tree, segments) -> _StepPlan | None:
+        """A plan from the checked call that just returned ``params`` and ``state``, if any."""
+        last = mod._last_bound
+        if last is None or last[0] != "step" or mod._direct.get("step") is None:
+            return None
+        bound = last[1]
+        grads = bound["grads"]
+        seg_leaves = bound.get("segments", [])
+        if not all(isinstance(a, rt.DeviceArray) for a in (*grads, *seg_leaves)):
+            return None
+        if segments is not None and not isinstance(segments, Tree):
+            return None  # host segments are converted per call: the checked path does that
+        return cls(mod, params, state, grads, segments, seg_leaves)
+
+    def _grads(self, grads) -> tuple | None:
+        if isinstance(grads, Tree):
+            if grads._consumed_by is not None or grads._owner.device is not self.mod.device:
+                return None
+            g = grads._arrays
+        elif isinstance(grads, (list, tuple)):
+            g = grads
+        else:
+            return None
+        if len(g) != len(self.g_sig):
+            return None
+        if _same_arrays(g, self.grads):
+            return self.grads
+        device = self.mod.device
+        for a, (shape, et) in zip(g, self.g_sig, strict=True):
+            if type(a) is not rt.DeviceArray or a._device is not device:
+                return None
+            bv = a._buffer_view
+            if bv.element_type != et or bv.shape != shape:
+                return None
+        return tuple(g)
+
+    def run(self, params, grads, state, segments) -> tuple[Tree, Tree] | None:
+        """The step's results, or None where the checked path must run."""
+        if params is not self.params or state is not self.state or segments is not self.segments:
+            return None
+        if params._consumed_by is not None or state._consumed_by is not None:
+            return None
+        p_views, s_views = params._pristine_views(), state._pristine_views()
+        if p_views is None or s_views is None:
+            return None
+        g = self._grads(grads)
+        if g is None:
+            return None
+        mod, call = self.mod, self.call
+        args = rt.VmVariantList(len(p_views) + len(g) + len(s_views) + len(self.seg_views))
+        push = args.push_ref
+        for bv in p_views:
+            push(bv)
+        for a in g:
+            push(a._buffer_view)
+        for bv in s_views:
+            push(bv)
+        for bv in self.seg_views:
+            push(bv)
+        ret = rt.VmVariantList(call.n_out)
+        with mod._lock:
+            if params._consumed_by is not None or state._consumed_by is not None:
+                return None  # another thread donated them meanwhile: the checked path says so
+            try:
+                mod._context.vm_context.invoke(call.function, args, ret)
+            except (RuntimeError, ValueError, IndexError) as e:
+                raise ModuleError(f"step() failed inside IREE on {mod.driver}: {e}") from None
+            params._consumed_by = state._consumed_by = "step"
+        get, bv_type = ret.get_as_object, rt.HalBufferView
+        views = [get(i, bv_type) for i in range(call.n_out)]
+        n_p = len(p_views)
+        dtypes = call.dtypes
+        p2 = Tree._of_views("params", params.specs, tuple(views[:n_p]), dtypes[:n_p], mod, params._verified[1])
+        s2 = Tree._of_views("state", state.specs, tuple(views[n_p:]), dtypes[n_p:], mod, state._verified[1])
+        self.params, self.state, self.grads = p2, s2, g
+        return p2, s2
 
 
 class _ShapeOnly:
@@ -458,8 +607,14 @@ class Optimizer(Module):
         """Update and apply fused: returns ``(new_params, new_state)``; params and state donated.
 
         ``segments``: as for :meth:`update` (flat modules that reduce per tensor only)."""
+        plan = self._step_plan
+        if plan is not None:
+            out = plan.run(params, grads, state, segments)
+            if out is not None:
+                return out
         extra = self._segments_input("step", segments)
         out = self.call("step", params=params, grads=grads, state=state, **extra)
+        self._step_plan = _StepPlan.after(self, out["params"], out["state"], segments)
         return out["params"], out["state"]
 
     # -- segments: tensor boundaries for flat modules (docs/flat-modules.md) ------------------

@@ -1,0 +1,170 @@
+"""The step plan: a repeated ``step`` skips the checks it already made, and only those.
+
+``Optimizer.step`` remembers the Trees it returned and the layout of the gradients it checked;
+a call with exactly those Trees and gradients of that layout goes straight to IREE. These tests
+pin down that it engages, that its results are bit-identical to the checked path, and that every
+change it cannot vouch for (another shape or dtype, a consumed tree, a hyperparameter set, host
+arrays, segments) still goes through the checks and their errors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import polaris_runtime as pr
+from polaris_compiler import Layout
+from polaris_runtime import device as dev
+from polaris_runtime.module import Module
+
+N = 96
+
+
+def _grads(i: int, n: int = N) -> np.ndarray:
+    return (np.cos(np.arange(n, dtype=np.float32) * 0.21 + i) * 0.5).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def adam(modules):
+    return modules.load("adam", dict(learning_rate=0.05))
+
+
+@pytest.fixture()
+def checked_calls(monkeypatch):
+    """Counts calls through the checked path (``Module.call``) for ``step``."""
+    seen = []
+    orig = Module.call
+
+    def call(self, fname, **groups):
+        if fname == "step":
+            seen.append(fname)
+        return orig(self, fname, **groups)
+
+    monkeypatch.setattr(Module, "call", call)
+    return seen
+
+
+def _host_loop(opt, steps: int, n: int = N):
+    p, s = np.linspace(-1, 1, n, dtype=np.float32), None
+    s = opt.init(p)
+    for i in range(steps):
+        p, s = opt.step(p, _grads(i, n), s)  # numpy grads: the checked path every time
+    return p.numpy(), s.leaves()
+
+
+def test_plan_engages_and_matches_the_checked_path_bit_for_bit(adam, checked_calls):
+    ref_p, ref_s = _host_loop(adam, 25)
+    checked_calls.clear()
+    p = np.linspace(-1, 1, N, dtype=np.float32)
+    s = adam.init(p)
+    for i in range(25):
+        g = [dev.upload(adam.device, _grads(i))]  # fresh device grads each step, as a loss module gives
+        p, s = adam.step(p, g, s)
+    assert len(checked_calls) == 1, "only the first step should go through the checked path"
+    np.testing.assert_array_equal(p.numpy(), ref_p)
+    for a, b in zip(s.leaves(), ref_s, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert adam.step_count(s) == 25
+
+
+def test_same_gradient_arrays_every_step(adam, checked_calls):
+    g = [dev.upload(adam.device, _grads(0))]
+    p = np.linspace(-1, 1, N, dtype=np.float32)
+    s = adam.init(p)
+    for _ in range(10):
+        p, s = adam.step(p, g, s)
+    assert len(checked_calls) == 1
+    ref = np.linspace(-1, 1, N, dtype=np.float32)
+    rs = adam.init(ref)
+    for _ in range(10):
+        ref, rs = adam.step(ref, _grads(0), rs)
+    np.testing.assert_array_equal(p.numpy(), ref.numpy())
+
+
+def test_a_donated_tree_is_still_refused(adam):
+    g = [dev.upload(adam.device, _grads(0))]
+    p = np.zeros(N, np.float32)
+    s0 = adam.init(p)
+    p1, s1 = adam.step(p, g, s0)
+    p2, s2 = adam.step(p1, g, s1)  # planned
+    with pytest.raises(pr.ConsumedError, match="donated to step"):
+        adam.step(p1, g, s2)
+    with pytest.raises(pr.ConsumedError, match="donated to step"):
+        adam.step(p2, g, s1)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda d: [dev.upload(d, np.zeros(N, np.float64))], "dtype float64"),
+        (lambda d: [dev.upload(d, np.zeros(N + 1, np.float32))], "dynamic dimension"),
+        (lambda d: [dev.upload(d, np.zeros((N, 1), np.float32))], "shape"),
+        (lambda d: [], "has 0 arrays"),
+    ],
+)
+def test_gradients_of_another_layout_go_through_the_checks(adam, bad, match):
+    g = [dev.upload(adam.device, _grads(0))]
+    p, s = adam.step(np.zeros(N, np.float32), g, adam.init(np.zeros(N, np.float32)))
+    p, s = adam.step(p, g, s)  # planned
+    with pytest.raises(pr.BindingError, match=match):
+        adam.step(p, bad(adam.device), s)
+    # nothing was consumed by the refused call: the loop goes on
+    p, s = adam.step(p, g, s)
+    assert adam.step_count(s) == 3
+
+
+def test_a_hyperparameter_set_between_steps_is_used(adam):
+    g = [dev.upload(adam.device, _grads(0))]
+    p, s = adam.step(np.ones(N, np.float32), g, adam.init(np.ones(N, np.float32)))
+    p, s = adam.step(p, g, s)
+    adam.set_hyperparameter(s, "learning_rate", 0.0)
+    before = p.numpy()
+    p, s = adam.step(p, g, s)
+    np.testing.assert_array_equal(p.numpy(), before)  # lr 0: no move
+    adam.set_hyperparameter(s, "learning_rate", 0.05)
+    p, s = adam.step(p, g, s)
+    assert not np.array_equal(p.numpy(), before)
+    assert adam.step_count(s) == 4
+
+
+def test_reading_results_between_steps_keeps_them_valid(adam, checked_calls):
+    g = [dev.upload(adam.device, _grads(1))]
+    p = np.linspace(0, 1, N, dtype=np.float32)
+    s = adam.init(p)
+    seen = []
+    for _ in range(6):
+        p, s = adam.step(p, g, s)
+        seen.append((p.numpy().copy(), s["0/count"].item(), len(p.arrays), len(s.arrays)))
+    assert [c for _, c, _, _ in seen] == [1, 2, 3, 4, 5, 6]
+    assert all(not np.array_equal(a[0], b[0]) for a, b in zip(seen, seen[1:]))
+    assert len(checked_calls) == 1
+
+
+def test_a_second_loop_on_the_same_module_replans(adam, checked_calls):
+    """Two states stepped alternately: each switch is a checked call, and both stay correct."""
+    g = [dev.upload(adam.device, _grads(2))]
+    a = b = np.linspace(-1, 1, N, dtype=np.float32)
+    sa, sb = adam.init(a), adam.init(b)
+    for _ in range(5):
+        a, sa = adam.step(a, g, sa)
+        b, sb = adam.step(b, g, sb)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert adam.step_count(sa) == adam.step_count(sb) == 5
+
+
+def test_tree_layout_with_a_grads_tree_from_another_call(modules):
+    """A many-leaf module, gradients passed as a Tree (as a loss module returns them)."""
+    params = {"enc": {"w": np.ones((3, 2), np.float32), "b": np.zeros(2, np.float32)}, "head": np.ones(4, np.float32)}
+    opt = modules.load("adam", dict(learning_rate=0.1), layout=Layout.from_tree(params, source="test"))
+    grads = {"enc": {"w": np.full((3, 2), 0.5, np.float32), "b": np.ones(2, np.float32)}, "head": -np.ones(4, np.float32)}
+    ref_p, ref_s = params, opt.init(params)
+    for _ in range(4):
+        ref_p, ref_s = opt.step(ref_p, grads, ref_s)
+    gtree = opt.update(grads, opt.init(params), params)[0]  # a live Tree with the grads' layout
+    p, s = params, opt.init(params)
+    for _ in range(4):
+        p, s = opt.step(p, [dev.upload(opt.device, x) for x in pr.module.flatten_names(grads).values()], s)
+    np.testing.assert_array_equal(p["enc/w"], ref_p["enc/w"])
+    np.testing.assert_array_equal(p["head"], ref_p["head"])
+    p, s = opt.step(p, gtree, s)  # a Tree of the right layout is accepted by the plan too
+    assert opt.step_count(s) == 5
