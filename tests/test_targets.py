@@ -140,6 +140,57 @@ def test_portable_module_falls_back_when_features_are_missing(monkeypatch):
     np.testing.assert_allclose(p.numpy(), 0.5)
 
 
+def _format_counts(vmfb: bytes) -> dict[str, int]:
+    return {k: vmfb.count(k.encode()) for k in ("embedded-elf-x86_64", "x86-64-v4", "vulkan-spirv-fb", "cuda-nvptx-fb")}
+
+
+def test_portable_cpu_variants_and_gpu_targets_in_one_module(modules):
+    """`--cpu portable --target llvm-cpu,cuda,vulkan`: the CPU variants are the local device's,
+    the GPU devices keep their own executables, and every driver here gives the same numbers."""
+    try:
+        dev.config_for("vulkan")
+        vt = vulkan_target()
+    except pr.DeviceError:
+        vt = "ampere"
+    art = modules.artifact(
+        "adam", dict(learning_rate=1e-2), cpu="portable", extra_targets=(Target.CUDA, Target.VULKAN), vulkan_target=vt
+    )
+    t = art.manifest["target"]
+    assert t["targets"] == ["llvm-cpu", "cuda", "vulkan"] and t["cpu_variants"] == ["x86-64-v4", "x86-64-v3", "x86-64-v2"]
+    single = modules.artifact("adam", dict(learning_rate=1e-2), cpu="portable")
+    got, alone = _format_counts(art.vmfb), _format_counts(single.vmfb)
+    assert got["embedded-elf-x86_64"] == alone["embedded-elf-x86_64"] and got["x86-64-v4"] == alone["x86-64-v4"] > 0
+    assert got["vulkan-spirv-fb"] > 0 and got["cuda-nvptx-fb"] > 0
+    ref = run_steps(modules.load("adam", dict(learning_rate=1e-2)), 20_011, seed=3)[0]
+    drivers = ["local-sync", "local-task"] + (["vulkan"] if _has("vulkan") else [])
+    for d in drivers:
+        opt = pr.load(art.vmfb, device=d)
+        assert opt.driver == d
+        assert_matches_reference(run_steps(opt, 20_011, seed=3)[0], ref, f"portable+gpu on {d}")
+
+
+def _has(driver: str) -> bool:
+    try:
+        dev.config_for(driver)
+        return True
+    except pr.DeviceError:
+        return False
+
+
+def test_portable_fallback_inside_a_multi_target_module(monkeypatch):
+    """With every conditioned variant unusable, the local device runs the fallback variant."""
+    import polaris
+
+    monkeypatch.setattr(cpu_variants, "required_features", lambda feats: ["amx-tile"])
+    opts = CompileOptions(cpu="portable", extra_targets=(Target.VULKAN,), vulkan_target="llvmpipe")
+    art = compile_optimizer(polaris.optimizers.sgd(learning_rate=0.5), Layout.flat(), opts)
+    opt = pr.load(art.vmfb, device="local-sync")
+    p = np.ones(10, np.float32)
+    s = opt.init(p)
+    p, s = opt.step(p, np.ones(10, np.float32), s)
+    np.testing.assert_allclose(p.numpy(), 0.5)
+
+
 def test_conditions_are_added_to_all_but_the_fallback():
     src = "\n".join(
         f'    hal.executable.variant public @v{i} target(<"llvm-cpu", "embedded-elf-x86_64", {{cpu = "{c}", cpu_features = "{f}", x = 1}}>) {{'

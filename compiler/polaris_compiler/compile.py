@@ -37,7 +37,7 @@ from polaris_compiler.errors import CompileError, LayoutError
 from polaris_compiler.export import export_text, manifest_reflection, merge_modules
 from polaris_compiler.hazards import safe_aliases
 from polaris_compiler.layout import Layout
-from polaris_compiler.options import CompileOptions, build_flags
+from polaris_compiler.options import CompileOptions, Target, build_flags
 
 
 @dataclasses.dataclass
@@ -460,7 +460,7 @@ def _iree_compile(mlir: str, options: CompileOptions, flags: list[str], temps: s
     o = options.resolved()
     stage_flags = [f for f in flags if not f.startswith("--iree-input-type=")]
     try:
-        if len(o.targets) == 1 and len(o.cpu_variants) > 1:
+        if Target.LLVM_CPU in o.targets and len(o.cpu_variants) > 1:
             rest = [f for f in stage_flags if f != "--iree-hal-link-executables=false"]
             return cpu_variants.compile_variants(mlir, o.cpu_variants, o.cpu_triple, rest)
         return ic.compile_str(mlir, input_type="stablehlo", extra_args=stage_flags)

@@ -69,17 +69,70 @@ def executable_target(cpu: str, triple: str | None) -> str:
     return m.group(0)
 
 
-def device_targets_attr(cpus: tuple[str, ...], triple: str | None) -> str:
+def _closing(text: str, start: int) -> int:
+    """The index just past the ``>`` that closes the ``<`` at ``text[start]`` (quotes and
+    ``->`` arrows skipped)."""
+    depth, i, quoted = 0, start, False
+    while i < len(text):
+        c = text[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "<":
+            depth += 1
+        elif c == ">" and text[i - 1] != "-":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    raise RuntimeError("unbalanced attribute text from iree-compile")  # pragma: no cover
+
+
+def _local_device(cpus: tuple[str, ...], triple: str | None) -> str:
     targets = ", ".join(executable_target(c, triple) for c in cpus)
-    return f'hal.device.targets = [#hal.device.target<"local", [{targets}]> : !hal.device]'
+    return f'#hal.device.target<"local", [{targets}]>'
 
 
-def with_device_targets(mlir: str, cpus: tuple[str, ...], triple: str | None) -> str:
-    """``mlir`` (a ``module @name {``) with the CPU variants as its device targets."""
+@functools.lru_cache(maxsize=16)
+def _device_select(device_flags: tuple[str, ...]) -> str:
+    """The ``#hal.device.select<[...]>`` IREE builds for several target devices (a probe compile
+    with ``device_flags``: ``--iree-hal-target-device=local,cuda,...`` and the GPU arch flags)."""
+    import iree.compiler as ic
+
+    text = ic.compile_str(_PROBE, input_type="stablehlo", extra_args=[*device_flags, "--compile-to=executable-sources"])
+    text = text.decode() if isinstance(text, bytes) else text
+    key = "#hal.device.select<"
+    i = text.find(key)
+    if i < 0:  # pragma: no cover - IREE changed its text form
+        raise RuntimeError("could not read IREE's device selection for several targets")
+    return text[i : _closing(text, i + len(key) - 1)]
+
+
+def device_targets_attr(cpus: tuple[str, ...], triple: str | None, device_flags: tuple[str, ...] = ()) -> str:
+    """The module's ``hal.device.targets``: the CPU variants as the ``local`` device, alone or,
+    where ``device_flags`` name several target devices, in IREE's selection among them."""
+    local = _local_device(cpus, triple)
+    if not any(f.startswith("--iree-hal-target-device=") for f in device_flags):
+        return f"hal.device.targets = [{local} : !hal.device]"
+    select = _device_select(device_flags)
+    key = '#hal.device.target<"local", ['
+    j = select.find(key)
+    if j < 0:  # pragma: no cover - the flags always name local with several CPU variants
+        raise RuntimeError("the device selection has no local device to put the CPU variants in")
+    k = _closing(select, j + len("#hal.device.target"))
+    return f"hal.device.targets = [{select[:j]}{local}{select[k:]} : !hal.device]"
+
+
+def with_device_targets(mlir: str, cpus: tuple[str, ...], triple: str | None, device_flags: tuple[str, ...] = ()) -> str:
+    """``mlir`` (a ``module @name {``) with the CPU variants as its (local) device targets."""
     head, sep, rest = mlir.partition(" {\n")
     if not head.startswith("module @") or "attributes" in head:
         raise ValueError("with_device_targets expects a module without attributes")
-    return f"{head} attributes {{{device_targets_attr(cpus, triple)}}}{sep}{rest}"
+    return f"{head} attributes {{{device_targets_attr(cpus, triple, device_flags)}}}{sep}{rest}"
 
 
 def condition_region(features: list[str]) -> str:
@@ -121,11 +174,28 @@ def add_conditions(sources: str, cpus: tuple[str, ...]) -> str:
     return "".join(out)
 
 
+# Flags that choose devices and their GPU architectures: they shape the device selection the
+# CPU variants go into, and are then carried by the module attribute, not passed again.
+_DEVICE_FLAG_PREFIXES = (
+    "--iree-hal-target-device=",
+    "--iree-hal-local-target-device-backends=",
+    "--iree-cuda-target=",
+    "--iree-vulkan-target=",
+    "--iree-rocm-target=",
+    "--iree-hip-target=",
+    "--iree-metal-",
+)
+
+
 def compile_variants(mlir: str, cpus: tuple[str, ...], triple: str | None, extra: list[str]) -> bytes:
-    """Compiles ``mlir`` with one executable variant per CPU in ``cpus`` (best first)."""
+    """Compiles ``mlir`` with one executable variant per CPU in ``cpus`` (best first); where
+    ``extra`` names several target devices (``--iree-hal-target-device=local,cuda,vulkan``),
+    the variants are the ``local`` one's and the GPU devices keep IREE's own targets."""
     import iree.compiler as ic
 
-    staged = with_device_targets(mlir, cpus, triple)
+    device_flags = tuple(f for f in extra if f.startswith(_DEVICE_FLAG_PREFIXES))
+    extra = [f for f in extra if f not in device_flags]
+    staged = with_device_targets(mlir, cpus, triple, device_flags)
     sources = ic.compile_str(staged, input_type="stablehlo", extra_args=["--compile-to=executable-sources", *extra])
     sources = sources.decode() if isinstance(sources, bytes) else sources
     conditioned = add_conditions(sources, cpus)

@@ -121,18 +121,12 @@ def build_flags(opts: CompileOptions) -> list[str]:
       (``--iree-hal-target-device=cuda,vulkan,local``), with executable linking off, which
       IREE 3.13 needs for a multi-target module to load (docs/targets.md);
     * several CPU variants (``cpu="portable"``): no CPU flag here; the variants go into the
-      module's ``hal.device.targets`` (see :mod:`polaris_compiler.cpu_variants`).
+      module's ``hal.device.targets`` (see :mod:`polaris_compiler.cpu_variants`), alone or as
+      the ``local`` device among several targets.
     """
     o = opts.resolved()
     targets = o.targets
     multi_cpu = Target.LLVM_CPU in targets and len(o.cpu_variants) > 1
-    if multi_cpu and len(targets) > 1:
-        from polaris._src.errors import OptionError
-
-        raise OptionError(
-            "several CPU variants (cpu list or preset) cannot be combined with other targets in one "
-            "module yet; build the CPU module and the GPU module separately"
-        )
     flags = ["--iree-input-type=stablehlo"]
     if len(targets) == 1 and not multi_cpu:
         flags.append(f"--iree-hal-target-backends={o.target.backend}")
