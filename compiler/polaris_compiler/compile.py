@@ -35,7 +35,7 @@ from polaris._src.segments import DEFAULT_MAX_ROWS, DEFAULT_MAX_SEGMENTS, flat_s
 from polaris_compiler import versions
 from polaris_compiler.errors import CompileError, LayoutError
 from polaris_compiler.export import export_text, manifest_reflection, merge_modules
-from polaris_compiler.hazards import safe_aliases
+from polaris_compiler.hazards import anchored
 from polaris_compiler.layout import Layout
 from polaris_compiler.options import CompileOptions, Target, build_flags
 
@@ -147,25 +147,21 @@ def compile_optimizer(
         return (*jax.tree.leaves(apply_updates(params, u)), *_check_state(s_def, s_leaves, s2))
 
     t0 = time.perf_counter()
-    parts = {
-        "init": export_text(init_fn, p_leaves),
-        "update": export_text(update_fn, [*p_leaves, *s_leaves, *p_leaves, *seg_leaves]),
-        "step": export_text(step_fn, [*p_leaves, *p_leaves, *s_leaves, *seg_leaves]),
-    }
     # In-place outputs, pinned leaf to leaf: update's state i -> its state output i; step's
     # params i -> params output i and state j -> state output j; each kept only where no
-    # dispatch can still read the old value after the new one is written (hazards.py).
-    aliases = {
-        "update": safe_aliases(
-            update_fn,
-            [*p_leaves, *s_leaves, *p_leaves, *seg_leaves],
-            {n_p + j: n_p + j for j in range(n_s)},
-        ),
-        "step": safe_aliases(
-            step_fn,
-            [*p_leaves, *p_leaves, *s_leaves, *seg_leaves],
-            {**{i: i for i in range(n_p)}, **{2 * n_p + j: n_p + j for j in range(n_s)}},
-        ),
+    # dispatch can still read the old value after the new one is written, after anchoring the
+    # ones that can be made safe (hazards.py).
+    update_args = [*p_leaves, *s_leaves, *p_leaves, *seg_leaves]
+    step_args = [*p_leaves, *p_leaves, *s_leaves, *seg_leaves]
+    update_fn, update_aliases = anchored(update_fn, update_args, {n_p + j: n_p + j for j in range(n_s)})
+    step_fn, step_aliases = anchored(
+        step_fn, step_args, {**{i: i for i in range(n_p)}, **{2 * n_p + j: n_p + j for j in range(n_s)}}
+    )
+    aliases = {"update": update_aliases, "step": step_aliases}
+    parts = {
+        "init": export_text(init_fn, p_leaves),
+        "update": export_text(update_fn, update_args),
+        "step": export_text(step_fn, step_args),
     }
     param_names = [n for n, _ in layout.leaves()]
     state_names = [n for n, _ in tree_leaves_with_names(state_shape)]
