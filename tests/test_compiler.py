@@ -19,6 +19,7 @@ def test_build_flags_is_pure_and_names_the_target():
         "--iree-input-type=stablehlo",
         "--iree-hal-target-backends=llvm-cpu",
         "--iree-llvmcpu-target-cpu=host",
+        "--iree-llvmcpu-reassociate-fp-reductions=true",
     ]
     assert "--iree-llvmcpu-target-triple=aarch64-unknown-linux-gnu" in build_flags(
         CompileOptions(cpu="generic", cpu_triple="aarch64-unknown-linux-gnu")

@@ -470,3 +470,16 @@ def test_combinator_pipes_like_polaris():
     assert isinstance(s, tuple) and isinstance(s[0], U.ScaleByAdamState)
     out, _ = tx.update(params, s, params)
     close(out, {"x": jnp.full((2,), -0.1, F)}, rtol=1e-4)
+
+
+@pytest.mark.parametrize("min_norm", [0.0, 1e-3, 10.0])
+def test_per_tensor_safe_norm_is_safe_norm_in_one_reduction(min_norm):
+    """The trust ratio's norm takes one reduction per tensor; its value is Optax's safe_norm's
+    (which reduces twice, the second pass only shaping a gradient)."""
+    from polaris._src import tree_utils as tu
+
+    rng = np.random.default_rng(0)
+    for x in (np.zeros(7, np.float32), np.full(5, 1e-5, np.float32), rng.standard_normal((4, 9)).astype(np.float32) * 3):
+        got = tu.per_tensor_safe_norm(jnp.asarray(x), min_norm)
+        np.testing.assert_array_equal(got, tu.safe_norm(jnp.asarray(x), min_norm))
+        np.testing.assert_allclose(got, optax.safe_norm(jnp.asarray(x), min_norm), rtol=1e-6)

@@ -137,9 +137,9 @@ def _safe_sqrt(sq, floor):
 def per_tensor_safe_norm(x, min_norm, what: str = "a per-tensor reduction"):
     """:func:`safe_norm` over ``x``'s tensor (per segment inside ``flat_segments``: one pass)."""
     ctx = _segments()
-    if ctx is None:
-        return safe_norm(x, min_norm)
     x32 = jnp.asarray(x).astype(STATE_DTYPE)
+    if ctx is None:  # one reduction: the value of safe_norm, whose masked second pass only
+        return _safe_sqrt(jnp.sum(jnp.square(x32)), min_norm)  # shapes a gradient
     return ctx.broadcast(_safe_sqrt(ctx.sums(jnp.square(x32), what), min_norm))
 
 
