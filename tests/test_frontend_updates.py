@@ -483,3 +483,25 @@ def test_per_tensor_safe_norm_is_safe_norm_in_one_reduction(min_norm):
         got = tu.per_tensor_safe_norm(jnp.asarray(x), min_norm)
         np.testing.assert_array_equal(got, tu.safe_norm(jnp.asarray(x), min_norm))
         np.testing.assert_allclose(got, optax.safe_norm(jnp.asarray(x), min_norm), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(10,), (65536,), (65537,), (768, 3072), (3, 1 << 17), (50257, 768)])
+def test_whole_tensor_reductions_split_large_static_tensors(shape):
+    """Above 65535 elements a whole-tensor reduction runs over at most 65535 rows (a Vulkan
+    workgroup limit, see tree_utils); the values are those of the one-level reduction."""
+    from polaris._src import tree_utils as tu
+
+    rng = np.random.default_rng(len(shape))
+    x = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
+    r = tu._rows(x, 0)
+    if np.prod(shape) <= tu.MAX_WORKGROUPS:
+        assert r is None
+    else:
+        assert r.ndim == 2 and r.shape[0] <= tu.MAX_WORKGROUPS and r.shape[0] >= 2
+        assert r.size >= x.size and float(jnp.sum(r)) == pytest.approx(float(jnp.sum(x)), rel=1e-4, abs=1e-2)
+    np.testing.assert_allclose(tu.full_sum(x), np.sum(np.asarray(x, np.float64)), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(tu.full_mean(x), np.mean(np.asarray(x, np.float64)), rtol=1e-4, atol=1e-6)
+    assert bool(tu.full_all(x < 100)) and not bool(tu.full_all(x > 0))
+    y = x.reshape(-1).at[-1].set(jnp.nan).reshape(shape)
+    assert bool(tu.full_any(jnp.isnan(y))) and not bool(tu.full_any(jnp.isnan(x)))
+    assert not bool(tu.full_all(jnp.isfinite(y)))

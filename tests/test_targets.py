@@ -111,6 +111,69 @@ def test_one_module_for_cpu_and_vulkan(modules):
 
 
 @pytest.mark.vulkan
+@pytest.mark.vulkan
+def test_vulkan_reductions_over_large_static_tensors(modules):
+    """IREE 3.13 reduced a static tensor of more than 65535 elements over its first 65535 only
+    on lavapipe (sum of 2**18 ones: 65535.0); whole-tensor reductions now run in two levels.
+    LAMB's trust ratio (two norms per tensor) on a 2**18 + 2**16 tree equals the CPU's."""
+    _device_or_skip("vulkan")
+    import jax
+
+    shapes = {"w": (512, 512), "b": (65536,)}
+    layout = Layout.from_tree({k: jax.ShapeDtypeStruct(v, np.float32) for k, v in shapes.items()}, source="test")
+    cpu = pr.load(modules.artifact("lamb", dict(learning_rate=1e-2), layout=layout).vmfb, device="local-sync")
+    gpu = pr.load(
+        modules.artifact("lamb", dict(learning_rate=1e-2), layout=layout, target="vulkan", vulkan_target=vulkan_target()).vmfb,
+        device="vulkan",
+    )
+    rng = np.random.default_rng(11)
+    p0 = {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+    grads = [{k: (rng.standard_normal(v) * (1 + np.arange(v[-1]) % 7)).astype(np.float32) for k, v in shapes.items()} for _ in range(4)]
+    out = []
+    for opt in (cpu, gpu):
+        p, s = p0, opt.init(p0)
+        for g in grads:
+            p, s = opt.step(p, g, s)
+        out.append(p.numpy())
+    for k in shapes:
+        assert_matches_reference(out[1][k], out[0][k], f"lamb {k} on vulkan")
+
+
+def _clip_then_descend():
+    import polaris.updates as U
+    from polaris._src.base import chain
+
+    return chain(U.clip_by_global_norm(max_norm=1.0), U.scale(step_size=-1.0))
+
+
+def test_flat_modules_record_whole_vector_reductions():
+    vk = CompileOptions(target=Target.VULKAN, vulkan_target="llvmpipe")
+    art = compile_optimizer(_clip_then_descend(), Layout.flat(), vk)
+    assert art.manifest["dynamic_reductions"] == ["update", "step"]
+    import polaris
+
+    assert "dynamic_reductions" not in compile_optimizer(polaris.optimizers.adam(), Layout.flat(), vk).manifest
+    tree = Layout.from_tree({"w": np.zeros((4, 4), np.float32)}, source="test")
+    assert "dynamic_reductions" not in compile_optimizer(_clip_then_descend(), tree, vk).manifest
+
+
+@pytest.mark.vulkan
+def test_whole_vector_reduction_limit_on_lavapipe_is_enforced():
+    """A dynamic-length reduction covers 65535 * 8 elements on lavapipe: right up to there,
+    refused beyond (it would silently use part of the vector)."""
+    _device_or_skip("vulkan")
+    if vulkan_target() != "llvmpipe":
+        pytest.skip("the limit is the 65535-workgroup devices' (lavapipe here)")
+    from polaris_runtime.module import VULKAN_DYNAMIC_REDUCTION_LIMIT as limit
+
+    vk = CompileOptions(target=Target.VULKAN, vulkan_target="llvmpipe")
+    opt = pr.load(compile_optimizer(_clip_then_descend(), Layout.flat(), vk).vmfb, device="vulkan")
+    p, s = opt.step(np.zeros(limit, np.float32), np.ones(limit, np.float32), opt.init(np.zeros(limit, np.float32)))
+    np.testing.assert_allclose(p.numpy()[:3], -1 / np.sqrt(limit), rtol=1e-6)
+    with pytest.raises(pr.BindingError, match=f"at most {limit} elements of such a reduction.*n={limit + 1}"):
+        opt.step(np.zeros(limit + 1, np.float32), np.ones(limit + 1, np.float32), opt.init(np.zeros(limit + 1, np.float32)))
+
+
 def test_vulkan_module_for_another_device_family_is_refused(modules):
     _device_or_skip("vulkan")
     other = "ampere" if vulkan_target() == "llvmpipe" else "llvmpipe"

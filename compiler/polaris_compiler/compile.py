@@ -198,6 +198,11 @@ def compile_optimizer(
             manifest["segments"]["max"] = max_segments
         if "row_ids" in seg_names:
             manifest["segments"]["max_rows"] = max_rows
+    reducing = [f for f, fn, a in (("update", update_fn, update_args), ("step", step_fn, step_args)) if _reduces_dynamic_length(fn, a)]
+    if reducing:
+        # whole-vector reductions over the dynamic length: limited on some Vulkan devices
+        # (polaris_runtime.module.VULKAN_DYNAMIC_REDUCTION_LIMIT)
+        manifest["dynamic_reductions"] = reducing
     for key, value in (record or {}).items():
         if key in manifest:
             raise ValueError(f"compile_optimizer: record may not replace the manifest field {key!r}")
@@ -265,6 +270,30 @@ def _add_learning_rate_export(tx, s_def, s_leaves, hps, parts, manifest) -> None
     parts["learning_rate"] = export_text(lr_export, s_leaves)
     manifest["groups"]["learning_rate"] = [{"name": "learning_rate", "shape": [], "dtype": "float32"}]
     manifest["functions"]["learning_rate"] = {"inputs": ["state"], "outputs": ["learning_rate"]}
+
+
+_REDUCTIONS = ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or", "reduce_xor", "argmax", "argmin")
+
+
+def _reduces_dynamic_length(fn: Callable, args: list) -> bool:
+    """Whether ``fn`` reduces over a dimension of dynamic length (a flat module's ``n``)."""
+
+    def walk(jaxpr) -> bool:
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in _REDUCTIONS:
+                shape = eqn.invars[0].aval.shape
+                if any(not isinstance(shape[a], int) for a in eqn.params.get("axes", ())):
+                    return True
+            for v in eqn.params.values():
+                for sub in v if isinstance(v, (tuple, list)) else (v,):
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns") and walk(inner):
+                        return True
+        return False
+
+    if all(isinstance(d, int) for a in args for d in a.shape):
+        return False
+    return walk(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
 def _check_state(s_def, s_leaves, new_state):

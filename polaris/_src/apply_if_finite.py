@@ -55,7 +55,7 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int) -> Transform:
     def apply(updates, state, params):
         isfinite = jnp.array(True)
         for g in jax.tree.leaves(updates):
-            isfinite = jnp.logical_and(isfinite, jnp.all(jnp.isfinite(g)))
+            isfinite = jnp.logical_and(isfinite, tu.full_all(jnp.isfinite(g)))
         notfinite_count = jnp.where(
             isfinite, jnp.zeros([], tu.COUNT_DTYPE), tu.safe_increment(state.notfinite_count)
         )

@@ -22,6 +22,59 @@ def fulls_like(tree, value, dtype=STATE_DTYPE):
     return jax.tree.map(lambda x: jnp.full(jnp.shape(x), value, dtype), tree)
 
 
+# -- whole-tensor reductions ---------------------------------------------------------------
+# IREE 3.13 reduces a static tensor to a scalar with one workgroup per chunk; Vulkan devices that
+# allow at most 65535 workgroups per dimension (Mesa's lavapipe; Mali and Adreno report the same)
+# then silently reduce only the first 65535 elements (measured: sum of 2**18 ones gave 65535.0).
+# A reduction over rows of at most 65535 (each row one workgroup, looping over its columns) is
+# exact there and as fast on the CPU, so tensors above 65535 elements are reduced in two levels.
+MAX_WORKGROUPS = 65535
+_SPLIT_ABOVE = MAX_WORKGROUPS
+
+
+def _rows(x, fill):
+    """``x`` as (rows <= 65535, cols) when its static size exceeds 65535, else ``None``.
+
+    The split is a free reshape when the size has a divisor in range (tensor sizes almost always
+    do); otherwise ``x`` is padded with ``fill`` (the reduction's identity).
+    """
+    n = x.size
+    if not isinstance(n, int) or n <= _SPLIT_ABOVE:
+        return None  # small, or a dynamic (flat module) length: one level
+    flat = jnp.reshape(x, (n,))
+    lo = -(-n // MAX_WORKGROUPS)
+    for cols in (*range(max(lo, 1024), min(n // 2, 1 << 16) + 1), *range(lo, min(1024, n // 2 + 1))):
+        if n % cols == 0:
+            return jnp.reshape(flat, (n // cols, cols))
+    cols = max(lo, 1024)
+    rows = -(-n // cols)
+    return jnp.reshape(jnp.pad(flat, (0, rows * cols - n), constant_values=fill), (rows, cols))
+
+
+def full_sum(x):
+    """``sum(x)`` over every element (two levels above 65535 elements; see above)."""
+    r = _rows(x, 0)
+    return jnp.sum(x) if r is None else jnp.sum(jnp.sum(r, axis=1))
+
+
+def full_mean(x):
+    """``mean(x)`` over every element (via :func:`full_sum`)."""
+    n = jnp.size(x)
+    return jnp.mean(x) if _rows(x, 0) is None else full_sum(x) / n
+
+
+def full_all(x):
+    """``all(x)`` over every element (two levels above 65535 elements)."""
+    r = _rows(x, True)
+    return jnp.all(x) if r is None else jnp.all(jnp.all(r, axis=1))
+
+
+def full_any(x):
+    """``any(x)`` over every element (two levels above 65535 elements)."""
+    r = _rows(x, False)
+    return jnp.any(x) if r is None else jnp.any(jnp.any(r, axis=1))
+
+
 def update_moment(updates, moments, decay, order):
     """``(1 - decay) * g**order + decay * m`` per leaf, computed in the moment's dtype."""
     return jax.tree.map(
@@ -61,19 +114,19 @@ def scalar(value, dtype=STATE_DTYPE):
 def safe_norm(x, min_norm):
     """``max(||x||, min_norm)`` with a gradient that is finite at ``x = 0`` (Optax's ``safe_norm``)."""
     x = jnp.asarray(x)
-    norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(STATE_DTYPE))))
+    norm = jnp.sqrt(full_sum(jnp.square(x.astype(STATE_DTYPE))))
     masked = jnp.where(norm <= min_norm, jnp.ones_like(x), x)
-    masked_norm = jnp.sqrt(jnp.sum(jnp.square(masked.astype(STATE_DTYPE))))
+    masked_norm = jnp.sqrt(full_sum(jnp.square(masked.astype(STATE_DTYPE))))
     return jnp.where(norm <= min_norm, jnp.asarray(min_norm, STATE_DTYPE), masked_norm)
 
 
 def safe_rms(x, min_rms):
     """``max(rms(x), min_rms)`` with a gradient that is finite at ``x = 0``."""
     x = jnp.asarray(x).astype(STATE_DTYPE)
-    rms = jnp.sqrt(jnp.mean(jnp.square(x)))
+    rms = jnp.sqrt(full_mean(jnp.square(x)))
     masked = jnp.where(rms <= min_rms, jnp.ones_like(x), x)
     return jnp.where(
-        rms <= min_rms, jnp.asarray(min_rms, STATE_DTYPE), jnp.sqrt(jnp.mean(jnp.square(masked)))
+        rms <= min_rms, jnp.asarray(min_rms, STATE_DTYPE), jnp.sqrt(full_mean(jnp.square(masked)))
     )
 
 
@@ -82,7 +135,7 @@ def global_norm(tree):
     leaves = jax.tree.leaves(tree)
     total = jnp.zeros([], STATE_DTYPE)
     for x in leaves:
-        total = total + jnp.sum(jnp.square(jnp.asarray(x).astype(STATE_DTYPE)))
+        total = total + full_sum(jnp.square(jnp.asarray(x).astype(STATE_DTYPE)))
     return jnp.sqrt(total)
 
 
@@ -108,7 +161,7 @@ def per_tensor_sum_sq(x, what: str = "a per-tensor reduction"):
     x32 = jnp.asarray(x).astype(STATE_DTYPE)
     ctx = _segments()
     if ctx is None:
-        return jnp.sum(jnp.square(x32))
+        return full_sum(jnp.square(x32))
     return ctx.broadcast(ctx.sums(jnp.square(x32), what))
 
 
@@ -122,7 +175,7 @@ def per_tensor_rms(x, what: str = "a per-tensor reduction"):
     x32 = jnp.asarray(x).astype(STATE_DTYPE)
     ctx = _segments()
     if ctx is None:
-        return jnp.sqrt(jnp.mean(jnp.square(x32)))
+        return jnp.sqrt(full_mean(jnp.square(x32)))
     mean_sq = ctx.sums(jnp.square(x32), what) / jnp.maximum(ctx.counts(x32, what), 1.0)
     return ctx.broadcast(jnp.sqrt(mean_sq))
 
@@ -139,7 +192,7 @@ def per_tensor_safe_norm(x, min_norm, what: str = "a per-tensor reduction"):
     ctx = _segments()
     x32 = jnp.asarray(x).astype(STATE_DTYPE)
     if ctx is None:  # one reduction: the value of safe_norm, whose masked second pass only
-        return _safe_sqrt(jnp.sum(jnp.square(x32)), min_norm)  # shapes a gradient
+        return _safe_sqrt(full_sum(jnp.square(x32)), min_norm)  # shapes a gradient
     return ctx.broadcast(_safe_sqrt(ctx.sums(jnp.square(x32), what), min_norm))
 
 

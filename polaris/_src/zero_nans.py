@@ -7,6 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from polaris._src import tree_utils as tu
 from polaris._src.base import Transform, combinator, stateful
 
 
@@ -31,7 +32,7 @@ def zero_nans() -> Transform:
 
     def apply(updates, state, params):
         del params
-        found = jax.tree.map(lambda g: jnp.any(jnp.isnan(g)), updates)
+        found = jax.tree.map(lambda g: tu.full_any(jnp.isnan(g)), updates)
         out = jax.tree.map(lambda g: jnp.where(jnp.isnan(g), jnp.zeros_like(g), g), updates)
         return out, ZeroNansState(found_nan=found)
 

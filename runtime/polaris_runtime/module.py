@@ -240,6 +240,10 @@ def _check_leaf(group: str, spec: LeafSpec, arr: np.ndarray, dims: dict[str, int
 # Vulkan device families whose drivers allow at most 65535 workgroups per dimension.
 VULKAN_65535_FAMILIES = ("llvmpipe", "arm", "qualcomm")
 VULKAN_SCATTER_LIMIT = 65535
+# IREE 3.13 reduces a dynamic-length vector in chunks of 8 elements, one workgroup each: on those
+# devices a whole-vector reduction (global norm, all-finite check) covers the first 65535 * 8
+# elements only (measured on lavapipe: a norm of 524288 ones counted 524280).
+VULKAN_DYNAMIC_REDUCTION_LIMIT = 65535 * 8
 
 
 class Module:
@@ -262,7 +266,8 @@ class Module:
         }
         self._verified_lists: dict[str, tuple] = {}
         self._step_plan: _StepPlan | None = None
-        self._last_bound: tuple | None = None
+        reducing = manifest.raw.get("dynamic_reductions") or ()
+        self._dynamic_reductions = frozenset(reducing) if self._limited_vulkan() else frozenset()
 
     @property
     def device(self):
@@ -345,6 +350,10 @@ class Module:
 
     def call(self, fname: str, **groups) -> dict[str, Tree]:
         """Calls an exported function with its input groups by name; returns its output groups."""
+        return self._call(fname, groups)[0]
+
+    def _call(self, fname: str, groups: dict) -> tuple[dict[str, Tree], dict[str, list]]:
+        """:meth:`call`, also returning the leaves each input group was bound to."""
         spec = self.manifest.functions.get(fname)
         if spec is None:
             raise ModuleError(
@@ -378,7 +387,8 @@ class Module:
                                 f"donated leaf; {fname}() writes them in place, so each needs its own"
                             )
                         seen.add(id(leaf))
-        self._last_bound = (fname, bound, dims)
+        if fname in self._dynamic_reductions:
+            self._check_reduction_limit(fname, dims)
         direct = self._direct.get(fname)
         with self._lock:
             try:
@@ -400,7 +410,7 @@ class Module:
             t._verified = (self, _group_dims(specs, dims), tuple(t._arrays))  # produced here
             out[g] = t
             i += len(specs)
-        return out
+        return out, bound
 
     def __getattr__(self, name: str):
         if name.startswith("_"):
@@ -481,12 +491,10 @@ class _StepPlan:
         self.seg_views = tuple(a._buffer_view for a in seg_leaves)
 
     @classmethod
-    def after(cls, mod: Module, params: Tree, state: Tree, segments) -> _StepPlan | None:
-        """A plan from the checked call that just returned ``params`` and ``state``, if any."""
-        last = mod._last_bound
-        if last is None or last[0] != "step" or mod._direct.get("step") is None:
+    def after(cls, mod: Module, params: Tree, state: Tree, segments, bound: dict[str, list]) -> _StepPlan | None:
+        """A plan from the checked call that bound ``bound`` and returned ``params`` and ``state``."""
+        if mod._direct.get("step") is None:
             return None
-        bound = last[1]
         grads = bound["grads"]
         seg_leaves = bound.get("segments", [])
         if not all(isinstance(a, rt.DeviceArray) for a in (*grads, *seg_leaves)):
@@ -613,8 +621,8 @@ class Optimizer(Module):
             if out is not None:
                 return out
         extra = self._segments_input("step", segments)
-        out = self.call("step", params=params, grads=grads, state=state, **extra)
-        self._step_plan = _StepPlan.after(self, out["params"], out["state"], segments)
+        out, bound = self._call("step", dict(params=params, grads=grads, state=state, **extra))
+        self._step_plan = _StepPlan.after(self, out["params"], out["state"], segments, bound)
         return out["params"], out["state"]
 
     # -- segments: tensor boundaries for flat modules (docs/flat-modules.md) ------------------
@@ -650,15 +658,33 @@ class Optimizer(Module):
             return {"segments": segments}
         return {"segments": self._segment_arrays(fname, segments)}
 
+    def _limited_vulkan(self) -> str | None:
+        """The device family, where this module runs on Vulkan with 65535 workgroups per dimension."""
+        if not self.driver.startswith("vulkan"):
+            return None
+        built_for = self.manifest.target.get("vulkan_target") or self.manifest.target.get("arch") or ""
+        family = dev._family_of_target(built_for)
+        return family if family in VULKAN_65535_FAMILIES else None
+
+    def _check_reduction_limit(self, fname: str, dims: dict[str, int]) -> None:
+        n = max(dims.values(), default=0)
+        if n > VULKAN_DYNAMIC_REDUCTION_LIMIT:
+            raise BindingError(
+                f"{fname}(): this flat module reduces over the whole vector "
+                f"({' |> '.join(self.manifest.composition) or self.manifest.name}), and on a Vulkan "
+                f"{self._limited_vulkan()} device IREE 3.13 covers at most "
+                f"{VULKAN_DYNAMIC_REDUCTION_LIMIT} elements of such a reduction (65535 workgroups of 8); "
+                f"got n={n}. Use a tree-layout module (polaris compile ... --layout), whose reductions "
+                f"run in two levels, or the llvm-cpu target"
+            )
+
     def _check_workgroup_limit(self, fname: str, n: int) -> None:
         """IREE 3.13 runs a segment sum (a scatter) as one workgroup per element; Vulkan devices
         limited to 65535 workgroups per dimension (measured: Mesa llvmpipe; Mali and Adreno
         report the same limit) silently sum only part of a longer vector. Refuse instead."""
-        if not self.driver.startswith("vulkan") or n <= VULKAN_SCATTER_LIMIT:
-            return
-        built_for = self.manifest.target.get("vulkan_target") or self.manifest.target.get("arch") or ""
-        family = dev._family_of_target(built_for)
-        if family in VULKAN_65535_FAMILIES:
+        family = self._limited_vulkan()
+        if family is not None and n > VULKAN_SCATTER_LIMIT:
+            built_for = self.manifest.target.get("vulkan_target") or self.manifest.target.get("arch") or ""
             raise BindingError(
                 f"{fname}(): this module's per-tensor reductions cannot cover {n} elements on a "
                 f"Vulkan {family} device ({built_for}): it runs at most {VULKAN_SCATTER_LIMIT} "
