@@ -163,3 +163,12 @@ def test_cli_as_a_subprocess(tmp_path):
     assert r.returncode == 0 and "0/trace" in r.stdout
     r = subprocess.run([*cmd, "compile", "nope"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "unknown optimizer 'nope'" in r.stderr
+
+
+def test_portable_cpu_with_a_gpu_target_compiles_and_inspects(runner, tmp_path):
+    out = tmp_path / "combo.vmfb"
+    r = runner.invoke(cli, ["compile", "sgd", "--cpu", "portable", "--target", "llvm-cpu,vulkan", "--vulkan-target", "llvmpipe", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    text = run(runner, "inspect", str(out)).output
+    assert "target: llvm-cpu,vulkan" in text
+    assert "cpu variants (best first, picked at load): x86-64-v4, x86-64-v3, x86-64-v2" in text

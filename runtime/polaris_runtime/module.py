@@ -277,6 +277,26 @@ class Module:
     def functions(self) -> list[str]:
         return list(self._functions)
 
+    def _limited_vulkan(self) -> str | None:
+        """The device family, where this module runs on Vulkan with 65535 workgroups per dimension."""
+        if not self.driver.startswith("vulkan"):
+            return None
+        built_for = self.manifest.target.get("vulkan_target") or self.manifest.target.get("arch") or ""
+        family = dev._family_of_target(built_for)
+        return family if family in VULKAN_65535_FAMILIES else None
+
+    def _check_reduction_limit(self, fname: str, dims: dict[str, int]) -> None:
+        n = max(dims.values(), default=0)
+        if n > VULKAN_DYNAMIC_REDUCTION_LIMIT:
+            raise BindingError(
+                f"{fname}(): this flat module reduces over the whole vector "
+                f"({' |> '.join(self.manifest.composition) or self.manifest.name}), and on a Vulkan "
+                f"{self._limited_vulkan()} device IREE 3.13 covers at most "
+                f"{VULKAN_DYNAMIC_REDUCTION_LIMIT} elements of such a reduction (65535 workgroups of 8); "
+                f"got n={n}. Use a tree-layout module (polaris compile ... --layout), whose reductions "
+                f"run in two levels, or the llvm-cpu target"
+            )
+
     def _bind(self, group: str, value, dims: dict[str, int], fname: str) -> tuple[list, Tree | None]:
         specs = self.manifest.group(group)
         if isinstance(value, Tree):
@@ -657,26 +677,6 @@ class Optimizer(Module):
         if isinstance(segments, Tree):
             return {"segments": segments}
         return {"segments": self._segment_arrays(fname, segments)}
-
-    def _limited_vulkan(self) -> str | None:
-        """The device family, where this module runs on Vulkan with 65535 workgroups per dimension."""
-        if not self.driver.startswith("vulkan"):
-            return None
-        built_for = self.manifest.target.get("vulkan_target") or self.manifest.target.get("arch") or ""
-        family = dev._family_of_target(built_for)
-        return family if family in VULKAN_65535_FAMILIES else None
-
-    def _check_reduction_limit(self, fname: str, dims: dict[str, int]) -> None:
-        n = max(dims.values(), default=0)
-        if n > VULKAN_DYNAMIC_REDUCTION_LIMIT:
-            raise BindingError(
-                f"{fname}(): this flat module reduces over the whole vector "
-                f"({' |> '.join(self.manifest.composition) or self.manifest.name}), and on a Vulkan "
-                f"{self._limited_vulkan()} device IREE 3.13 covers at most "
-                f"{VULKAN_DYNAMIC_REDUCTION_LIMIT} elements of such a reduction (65535 workgroups of 8); "
-                f"got n={n}. Use a tree-layout module (polaris compile ... --layout), whose reductions "
-                f"run in two levels, or the llvm-cpu target"
-            )
 
     def _check_workgroup_limit(self, fname: str, n: int) -> None:
         """IREE 3.13 runs a segment sum (a scatter) as one workgroup per element; Vulkan devices
