@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: all setup test test-all demo bench artifacts clean
+.PHONY: all setup test test-all demo bench artifacts gpu-modules clean
 
 all: test
 
@@ -41,6 +41,11 @@ bench: $(STAMP)
 ## make artifacts: rebuild the versioned catalog in artifacts/
 artifacts: $(STAMP)
 	$(PY) -m polaris_compiler.catalog build
+
+## make gpu-modules: the prebuilt modules a GPU session carries (bench/gpu_session.sh runs them there)
+gpu-modules: $(STAMP)
+	$(PY) bench/gpu_check.py build out/gpu-check
+	$(PY) bench/build_gpu_modules.py out/gpu-modules
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info out .cache
