@@ -168,3 +168,28 @@ def test_tree_layout_with_a_grads_tree_from_another_call(modules):
     np.testing.assert_array_equal(p["head"], ref_p["head"])
     p, s = opt.step(p, gtree, s)  # a Tree of the right layout is accepted by the plan too
     assert opt.step_count(s) == 5
+
+
+def test_flat_module_with_segments(modules, checked_calls):
+    """Flat LAMB: the uploaded segments Tree rides along; other segments go through the checks."""
+    opt = modules.load("lamb", dict(learning_rate=1e-2))
+    n = 300
+    two = opt.upload_segments(np.minimum(np.arange(n) // 150, 1).astype(np.int32))
+    three = opt.upload_segments(np.minimum(np.arange(n) // 100, 2).astype(np.int32))
+    g = [dev.upload(opt.device, _grads(3, n))]
+
+    def run(segs, planned):
+        checked_calls.clear()
+        p = np.linspace(-1, 1, n, dtype=np.float32)
+        s = opt.init(p)
+        for seg in segs:
+            p, s = opt.step(p, g, s, segments=seg)
+        assert len(checked_calls) == planned
+        return p.numpy()
+
+    a = run([two] * 6, planned=1)
+    b = run([two, two, two, three, three, three], planned=2)  # the switch is checked
+    host = np.minimum(np.arange(n) // 150, 1).astype(np.int32)
+    c = run([host] * 6, planned=6)  # host ids: converted and checked every call
+    np.testing.assert_array_equal(a, c)
+    assert not np.array_equal(a, b)
