@@ -36,7 +36,7 @@ def checked_calls(monkeypatch):
     orig = Module._call
 
     def call(self, fname, groups):
-        if fname == "step":
+        if fname in ("step", "update"):
             seen.append(fname)
         return orig(self, fname, groups)
 
@@ -193,3 +193,34 @@ def test_flat_module_with_segments(modules, checked_calls):
     c = run([host] * 6, planned=6)  # host ids: converted and checked every call
     np.testing.assert_array_equal(a, c)
     assert not np.array_equal(a, b)
+
+
+def test_update_loop_is_planned_too(adam, checked_calls):
+    """``update`` (Polaris's API): the state it returned and device grads of the same layout skip
+    the checks; without params, zeros are made on the device once (no read-back of the grads)."""
+    p0 = np.linspace(-1, 1, N, dtype=np.float32)
+    ref_s = adam.init(p0)
+    ref_u = []
+    for i in range(6):
+        u, ref_s = adam.update(_grads(i), ref_s)  # numpy grads: checked every call
+        ref_u.append(u.numpy())
+    checked_calls.clear()
+    s = adam.init(p0)
+    for i in range(6):
+        u, s = adam.update([dev.upload(adam.device, _grads(i))], s)
+        np.testing.assert_array_equal(u.numpy(), ref_u[i])
+    assert checked_calls == ["update"]
+    zeros = adam._zeros_cache[1]
+    adam.update([dev.upload(adam.device, _grads(0))], s)
+    assert adam._zeros_cache[1] is zeros  # reused, not rebuilt
+    with pytest.raises(pr.ConsumedError):
+        adam.update([dev.upload(adam.device, _grads(0))], s)  # s was donated above
+
+
+def test_update_with_params_of_another_shape_is_checked(adam):
+    s = adam.init(np.zeros(N, np.float32))
+    g = [dev.upload(adam.device, _grads(0))]
+    _, s = adam.update(g, s, [dev.upload(adam.device, np.zeros(N, np.float32))])
+    _, s = adam.update(g, s, [dev.upload(adam.device, np.zeros(N, np.float32))])  # planned
+    with pytest.raises(pr.BindingError, match="dynamic dimension"):
+        adam.update(g, s, [dev.upload(adam.device, np.zeros(N + 2, np.float32))])

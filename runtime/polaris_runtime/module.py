@@ -265,7 +265,8 @@ class Module:
             for name, f in manifest.functions.items()
         }
         self._verified_lists: dict[str, tuple] = {}
-        self._step_plan: _StepPlan | None = None
+        self._plans: dict[str, _CallPlan | None] = {}  # Optimizer.step/update (see _CallPlan)
+        self._zeros_cache: tuple | None = None  # (shapes, device zeros) for update() without params
         reducing = manifest.raw.get("dynamic_reductions") or ()
         self._dynamic_reductions = frozenset(reducing) if self._limited_vulkan() else frozenset()
 
@@ -484,107 +485,131 @@ def _direct_call(vm_module: rt.VmModule, name: str, n_out: int):
     return call
 
 
-class _StepPlan:
-    """The checks of a ``step`` call, done once, for the loop that repeats it.
+class _CallPlan:
+    """The checks of a ``step`` (or ``update``) call, done once, for the loop that repeats it.
 
     A training loop calls ``params, state = opt.step(params, grads, state)`` with the Trees the
-    previous ``step`` returned (their shapes are the module's own, nothing to check again) and
-    gradients of the same layout every time. After a fully checked call the plan remembers its
-    outputs, its gradients' buffer shapes and element types and its segments; a later call that
-    passes exactly those output Trees (live, their arrays unchanged), gradients that are device
-    arrays on this device with the same shapes and element types (or the very same arrays), and
-    the same segments goes straight to ``VmContext.invoke``, and the results' ``DeviceArray``s
-    are made only when someone asks for them. Anything else (a dict, host arrays, a Tree changed
-    with ``set``, another shape) takes the checked path, which makes a new plan.
+    previous call returned (their shapes are the module's own, nothing to check again) and
+    gradients of the same layout every time. After a fully checked call the plan remembers the
+    Trees it returned for the donated groups (``params`` and ``state`` for ``step``, ``state``
+    for ``update``), the buffer shapes and element types of the other array groups (``grads``;
+    ``params`` for ``update``) and the segments. A later call that passes exactly those Trees
+    (live, their arrays unchanged), device arrays on this device with the same shapes and
+    element types (or the very same arrays) and the same segments goes straight to
+    ``VmContext.invoke``, and the results' ``DeviceArray``s are made only when someone asks for
+    them. Anything else (a dict, host arrays, a Tree changed with ``set``, another shape) takes
+    the checked path, which makes a new plan.
     Measured (docs/performance.md): 33 us -> 16 us a 10k-parameter Adam step on local-sync.
     """
 
-    __slots__ = ("mod", "call", "params", "state", "grads", "g_sig", "segments", "seg_views")
+    __slots__ = ("mod", "fname", "call", "inputs", "trusted", "checked", "last", "sig", "segments", "seg_views", "outputs", "n_args")
 
-    def __init__(self, mod: Module, params: Tree, state: Tree, grads: list, segments, seg_leaves):
-        self.mod = mod
-        self.call = mod._direct["step"]
-        self.params, self.state = params, state
-        self.grads = tuple(grads)
-        self.g_sig = tuple((a._buffer_view.shape, a._buffer_view.element_type) for a in grads)
+    def __init__(self, mod: Module, fname: str, out: dict[str, Tree], bound: dict[str, list], segments):
+        spec = mod.manifest.functions[fname]
+        self.mod, self.fname, self.call = mod, fname, mod._direct[fname]
+        self.inputs = tuple(spec.inputs)
+        self.trusted = {g: out[g] for g in spec.inputs if g in spec.donates and g in out}
+        self.checked = tuple(g for g in spec.inputs if g not in self.trusted and g != "segments")
+        self.last = {g: tuple(bound[g]) for g in self.checked}
+        self.sig = {g: tuple((a._buffer_view.shape, a._buffer_view.element_type) for a in bound[g]) for g in self.checked}
         self.segments = segments
-        self.seg_views = tuple(a._buffer_view for a in seg_leaves)
+        self.seg_views = tuple(a._buffer_view for a in bound.get("segments", ()))
+        self.n_args = sum(len(bound[g]) for g in spec.inputs)
+        # per output group: specs, dynamic dims of the checked call, result slice, dtypes
+        outputs, i = [], 0
+        for g in spec.outputs:
+            k = len(out[g].specs)
+            outputs.append((g, out[g].specs, out[g]._verified[1], i, i + k, tuple(self.call.dtypes[i : i + k])))
+            i += k
+        self.outputs = tuple(outputs)
 
     @classmethod
-    def after(cls, mod: Module, params: Tree, state: Tree, segments, bound: dict[str, list]) -> _StepPlan | None:
-        """A plan from the checked call that bound ``bound`` and returned ``params`` and ``state``."""
-        if mod._direct.get("step") is None:
+    def after(cls, mod: Module, fname: str, out: dict[str, Tree], bound: dict[str, list], segments) -> _CallPlan | None:
+        """A plan from the checked call that bound ``bound`` and returned ``out``, if one fits."""
+        if mod._direct.get(fname) is None:
             return None
-        grads = bound["grads"]
-        seg_leaves = bound.get("segments", [])
-        if not all(isinstance(a, rt.DeviceArray) for a in (*grads, *seg_leaves)):
-            return None
+        spec = mod.manifest.functions[fname]
+        # the groups matched by layout next time (the donated ones come back as Trees)
+        kept = [g for g in spec.inputs if not (g in spec.donates and g in out)]
+        if not all(isinstance(a, rt.DeviceArray) for g in kept for a in bound[g]):
+            return None  # host arrays are uploaded per call: the checked path does that
         if segments is not None and not isinstance(segments, Tree):
-            return None  # host segments are converted per call: the checked path does that
-        return cls(mod, params, state, grads, segments, seg_leaves)
+            return None
+        return cls(mod, fname, out, bound, segments)
 
-    def _grads(self, grads) -> tuple | None:
-        if isinstance(grads, Tree):
-            if grads._consumed_by is not None or grads._owner.device is not self.mod.device:
+    def _arrays(self, group: str, value) -> tuple | None:
+        if isinstance(value, Tree):
+            if value._consumed_by is not None or value._owner.device is not self.mod.device:
                 return None
-            g = grads._arrays
-        elif isinstance(grads, (list, tuple)):
-            g = grads
+            got = value._arrays
+        elif isinstance(value, (list, tuple)):
+            got = value
+        elif isinstance(value, rt.DeviceArray):
+            got = (value,)
         else:
             return None
-        if len(g) != len(self.g_sig):
+        last, sig = self.last[group], self.sig[group]
+        if _same_arrays(got, last):
+            return last
+        if len(got) != len(sig):
             return None
-        if _same_arrays(g, self.grads):
-            return self.grads
         device = self.mod.device
-        for a, (shape, et) in zip(g, self.g_sig, strict=True):
+        for a, (shape, et) in zip(got, sig, strict=True):
             if type(a) is not rt.DeviceArray or a._device is not device:
                 return None
             bv = a._buffer_view
             if bv.element_type != et or bv.shape != shape:
                 return None
-        return tuple(g)
+        return tuple(got)
 
-    def run(self, params, grads, state, segments) -> tuple[Tree, Tree] | None:
-        """The step's results, or None where the checked path must run."""
-        if params is not self.params or state is not self.state or segments is not self.segments:
+    def run(self, groups: dict[str, Any], segments) -> dict[str, Tree] | None:
+        """The call's output Trees, or None where the checked path must run."""
+        if segments is not self.segments:
             return None
-        if params._consumed_by is not None or state._consumed_by is not None:
-            return None
-        p_views, s_views = params._pristine_views(), state._pristine_views()
-        if p_views is None or s_views is None:
-            return None
-        g = self._grads(grads)
-        if g is None:
-            return None
-        mod, call = self.mod, self.call
-        args = rt.VmVariantList(len(p_views) + len(g) + len(s_views) + len(self.seg_views))
+        trusted, checked = self.trusted, {}
+        for g, tree in trusted.items():
+            value = groups[g]
+            if value is not tree or value._consumed_by is not None or value._pristine_views() is None:
+                return None
+        for g in self.checked:
+            a = self._arrays(g, groups[g])
+            if a is None:
+                return None
+            checked[g] = a
+        call = self.call
+        args = rt.VmVariantList(self.n_args)
         push = args.push_ref
-        for bv in p_views:
-            push(bv)
-        for a in g:
-            push(a._buffer_view)
-        for bv in s_views:
-            push(bv)
-        for bv in self.seg_views:
-            push(bv)
+        for g in self.inputs:
+            if g in checked:
+                for a in checked[g]:
+                    push(a._buffer_view)
+            elif g == "segments":
+                for bv in self.seg_views:
+                    push(bv)
+            else:
+                for bv in groups[g]._views:
+                    push(bv)
         ret = rt.VmVariantList(call.n_out)
+        mod = self.mod
         with mod._lock:
-            if params._consumed_by is not None or state._consumed_by is not None:
-                return None  # another thread donated them meanwhile: the checked path says so
+            for g in trusted:
+                if groups[g]._consumed_by is not None:
+                    return None  # another thread donated it meanwhile: the checked path says so
             try:
                 mod._context.vm_context.invoke(call.function, args, ret)
             except (RuntimeError, ValueError, IndexError) as e:
-                raise ModuleError(f"step() failed inside IREE on {mod.driver}: {e}") from None
-            params._consumed_by = state._consumed_by = "step"
+                raise ModuleError(f"{self.fname}() failed inside IREE on {mod.driver}: {e}") from None
+            for g in trusted:
+                groups[g]._consumed_by = self.fname
         get, bv_type = ret.get_as_object, rt.HalBufferView
-        views = [get(i, bv_type) for i in range(call.n_out)]
-        n_p = len(p_views)
-        dtypes = call.dtypes
-        p2 = Tree._of_views("params", params.specs, tuple(views[:n_p]), dtypes[:n_p], mod, params._verified[1])
-        s2 = Tree._of_views("state", state.specs, tuple(views[n_p:]), dtypes[n_p:], mod, state._verified[1])
-        self.params, self.state, self.grads = p2, s2, g
-        return p2, s2
+        views = tuple([get(j, bv_type) for j in range(call.n_out)])
+        out: dict[str, Tree] = {}
+        for g, specs, dims, lo, hi, dtypes in self.outputs:
+            out[g] = t = Tree._of_views(g, specs, views[lo:hi], dtypes, mod, dims)
+            if g in trusted:
+                trusted[g] = t
+        self.last.update(checked)
+        return out
 
 
 class _ShapeOnly:
@@ -627,22 +652,28 @@ class Optimizer(Module):
         """
         if params is None:
             params = self._zeros_like_params(grads)
+        plan = self._plans.get("update")
+        if plan is not None:
+            out = plan.run({"grads": grads, "state": state, "params": params}, segments)
+            if out is not None:
+                return out["updates"], out["state"]
         extra = self._segments_input("update", segments)
-        out = self.call("update", grads=grads, state=state, params=params, **extra)
+        out, bound = self._call("update", dict(grads=grads, state=state, params=params, **extra))
+        self._plans["update"] = _CallPlan.after(self, "update", out, bound, segments)
         return out["updates"], out["state"]
 
     def step(self, params, grads, state, segments=None) -> tuple[Tree, Tree]:
         """Update and apply fused: returns ``(new_params, new_state)``; params and state donated.
 
         ``segments``: as for :meth:`update` (flat modules that reduce per tensor only)."""
-        plan = self._step_plan
+        plan = self._plans.get("step")
         if plan is not None:
-            out = plan.run(params, grads, state, segments)
+            out = plan.run({"params": params, "grads": grads, "state": state}, segments)
             if out is not None:
-                return out
+                return out["params"], out["state"]
         extra = self._segments_input("step", segments)
         out, bound = self._call("step", dict(params=params, grads=grads, state=state, **extra))
-        self._step_plan = _StepPlan.after(self, out["params"], out["state"], segments, bound)
+        self._plans["step"] = _CallPlan.after(self, "step", out, bound, segments)
         return out["params"], out["state"]
 
     # -- segments: tensor boundaries for flat modules (docs/flat-modules.md) ------------------
@@ -771,8 +802,18 @@ class Optimizer(Module):
         )
 
     def _zeros_like_params(self, grads):
-        if isinstance(grads, Tree):
-            return [np.zeros(a.shape, np.dtype(s.dtype)) for s, a in zip(grads.specs, grads.arrays, strict=True)]
+        """Zero params for ``update`` without params (transforms that do not read them).
+
+        Device gradients are never read back for this: zeros of their shapes are made on the
+        device once and reused while the shapes stay (``update`` does not donate params)."""
+        if isinstance(grads, Tree) or (isinstance(grads, (list, tuple)) and grads and all(isinstance(g, rt.DeviceArray) for g in grads)):
+            arrays = grads.arrays if isinstance(grads, Tree) else grads
+            key = tuple((tuple(a._buffer_view.shape), s.dtype) for s, a in zip(self.manifest.params, arrays, strict=False))
+            cached = self._zeros_cache
+            if cached is None or cached[0] != key:
+                zeros = [dev.upload(self.device, np.zeros(shape, np.dtype(dt))) for shape, dt in key]
+                cached = self._zeros_cache = (key, zeros)
+            return cached[1]
         if isinstance(grads, Mapping):
             return {k: (self._zeros_like_params(v) if isinstance(v, Mapping) else np.zeros_like(np.asarray(v))) for k, v in grads.items()}
         if isinstance(grads, (list, tuple)):
