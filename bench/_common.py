@@ -218,24 +218,23 @@ def copy_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 7) -> dict:
 
 
 # -- the machine --------------------------------------------------------------------------------
-def cpu_model() -> str:
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` value of /proc/cpuinfo, or None (no such file or field)."""
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> list[str]:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return []
+    return (_cpuinfo("flags") or "").split()
 
 
 def device_slug(kind: str = "cpu") -> str:

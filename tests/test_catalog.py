@@ -13,6 +13,8 @@ import polaris_runtime as pr
 from polaris._src import registry
 from polaris_compiler import catalog
 
+from _devices import lavapipe_or_skip
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ART = ROOT / "artifacts"
 INDEX = catalog.load_index(ART)
@@ -81,14 +83,7 @@ def test_cpu_artifact_matches_the_jax_reference(name):
 
 
 def test_llvmpipe_vulkan_artifacts_run_where_lavapipe_is_installed():
-    from polaris_runtime import device as dev
-
-    try:
-        dev.config_for("vulkan")
-    except pr.DeviceError as err:
-        pytest.skip(f"no vulkan device: {err}")
-    if "llvmpipe" not in (dev.vulkan_device_name("vulkan") or "").lower():
-        pytest.skip("the Vulkan device is not llvmpipe")
+    lavapipe_or_skip("the Vulkan device is not llvmpipe")
     cpu = pr.load(ART / "adam-flat-f32-x86_64.vmfb")
     vk = pr.load(ART / "adam-flat-f32-vulkan-llvmpipe.vmfb")
     p = np.linspace(-1, 1, 4099, dtype=np.float32)

@@ -23,6 +23,8 @@ from polaris._src.segments import flat_segments
 from polaris_compiler import Layout, LayoutError, compile_optimizer
 from polaris_runtime.pack import Packing, pack, unpack
 
+from _devices import lavapipe_or_skip
+
 MODEL_A = {"w": (3, 4), "b": (4,), "sub": {"k": (2, 3, 2)}}
 MODEL_B = {"emb": (5, 3), "head": {"w": (3, 2), "b": (2,)}, "scale": ()}
 STEPS = 20
@@ -331,14 +333,7 @@ def test_pack_refuses_a_different_tree():
 def test_vulkan_llvmpipe_refuses_more_elements_than_workgroups():
     """A segment sum runs one workgroup per element; llvmpipe allows 65535 (docs/targets.md)."""
     from polaris_compiler import CompileOptions, Target
-    from polaris_runtime import device as dev
-
-    try:
-        dev.config_for("vulkan")
-    except pr.DeviceError as e:
-        pytest.skip(f"no vulkan device here: {e}")
-    if "llvmpipe" not in (dev.vulkan_device_name("vulkan") or "").lower():
-        pytest.skip("the limit is checked on lavapipe (llvmpipe)")
+    lavapipe_or_skip("the limit is checked on lavapipe (llvmpipe)")
     art = compile_optimizer(CASES["lamb"](), Layout.flat(), CompileOptions(target=Target.VULKAN, vulkan_target="llvmpipe"), name="lamb")
     opt = pr.load(art.vmfb, device="vulkan")
     rng = np.random.default_rng(0)

@@ -9,20 +9,7 @@ import pytest
 import polaris_runtime as pr
 from polaris_compiler import CompileOptions, Layout, Target, compile_optimizer
 from polaris_compiler import cpu_variants
-from polaris_runtime import device as dev
-
-
-def _device_or_skip(driver: str):
-    try:
-        return dev.config_for(driver)
-    except pr.DeviceError as e:
-        pytest.skip(f"no {driver} device here: {e}")
-
-
-def vulkan_target() -> str:
-    """The Vulkan target family of this machine's device (llvmpipe in CI)."""
-    name = dev.vulkan_device_name("vulkan") or ""
-    return "llvmpipe" if "llvmpipe" in name.lower() else "ampere"
+from _devices import device_or_skip, has, lavapipe_or_skip, vulkan_target
 
 
 def run_steps(opt, n, steps=10, seed=0):
@@ -55,7 +42,7 @@ GPU_CASES = [
 @pytest.mark.vulkan
 @pytest.mark.parametrize("name, options", GPU_CASES, ids=[c[0] for c in GPU_CASES])
 def test_vulkan_matches_cpu(modules, name, options):
-    _device_or_skip("vulkan")
+    device_or_skip("vulkan")
     vk = modules.load(name, options, target="vulkan", vulkan_target=vulkan_target())
     cpu = modules.load(name, options)
     assert vk.driver == "vulkan"
@@ -74,7 +61,7 @@ def test_vulkan_matches_cpu(modules, name, options):
 @pytest.mark.cuda
 @pytest.mark.parametrize("name, options", GPU_CASES, ids=[c[0] for c in GPU_CASES])
 def test_cuda_matches_cpu(modules, name, options):
-    _device_or_skip("cuda")
+    device_or_skip("cuda")
     gpu = modules.load(name, options, target="cuda")
     cpu = modules.load(name, options)
     for n in (1, 1000, 10_000_019):
@@ -85,20 +72,11 @@ def test_cuda_matches_cpu(modules, name, options):
 
 def test_one_module_for_cpu_and_vulkan(modules):
     """`--target llvm-cpu,cuda,vulkan`: the device the runtime opens picks its executables."""
-    try:
-        dev.config_for("vulkan")
-        vt = vulkan_target()
-    except pr.DeviceError:
-        vt = "ampere"
+    vt = vulkan_target()
     art = modules.artifact("lamb", dict(learning_rate=1e-2), target="llvm-cpu", extra_targets=(Target.CUDA, Target.VULKAN), vulkan_target=vt)
     assert art.manifest["target"]["targets"] == ["llvm-cpu", "cuda", "vulkan"]
     assert "--iree-hal-target-device=local,cuda,vulkan" in art.flags
-    drivers = ["local-task", "local-sync"]
-    try:
-        dev.config_for("vulkan")
-        drivers.append("vulkan")
-    except pr.DeviceError:
-        pass
+    drivers = ["local-task", "local-sync"] + (["vulkan"] if has("vulkan") else [])
     results = []
     for d in drivers:
         opt = pr.load(art.vmfb, device=d)
@@ -116,7 +94,7 @@ def test_vulkan_reductions_over_large_static_tensors(modules):
     """IREE 3.13 reduced a static tensor of more than 65535 elements over its first 65535 only
     on lavapipe (sum of 2**18 ones: 65535.0); whole-tensor reductions now run in two levels.
     LAMB's trust ratio (two norms per tensor) on a 2**18 + 2**16 tree equals the CPU's."""
-    _device_or_skip("vulkan")
+    device_or_skip("vulkan")
     import jax
 
     shapes = {"w": (512, 512), "b": (65536,)}
@@ -161,9 +139,7 @@ def test_flat_modules_record_whole_vector_reductions():
 def test_whole_vector_reduction_limit_on_lavapipe_is_enforced():
     """A dynamic-length reduction covers 65535 * 8 elements on lavapipe: right up to there,
     refused beyond (it would silently use part of the vector)."""
-    _device_or_skip("vulkan")
-    if vulkan_target() != "llvmpipe":
-        pytest.skip("the limit is the 65535-workgroup devices' (lavapipe here)")
+    lavapipe_or_skip("the limit is the 65535-workgroup devices' (lavapipe here)")
     from polaris_runtime.module import VULKAN_DYNAMIC_REDUCTION_LIMIT as limit
 
     vk = CompileOptions(target=Target.VULKAN, vulkan_target="llvmpipe")
@@ -175,7 +151,7 @@ def test_whole_vector_reduction_limit_on_lavapipe_is_enforced():
 
 
 def test_vulkan_module_for_another_device_family_is_refused(modules):
-    _device_or_skip("vulkan")
+    device_or_skip("vulkan")
     other = "ampere" if vulkan_target() == "llvmpipe" else "llvmpipe"
     path = modules.path("lamb", dict(learning_rate=1e-2), target="vulkan", vulkan_target=other)
     with pytest.raises(pr.DeviceError, match=f"compiled for Vulkan target '{other}'.*Recompile with --vulkan-target"):
@@ -210,11 +186,7 @@ def _format_counts(vmfb: bytes) -> dict[str, int]:
 def test_portable_cpu_variants_and_gpu_targets_in_one_module(modules):
     """`--cpu portable --target llvm-cpu,cuda,vulkan`: the CPU variants are the local device's,
     the GPU devices keep their own executables, and every driver here gives the same numbers."""
-    try:
-        dev.config_for("vulkan")
-        vt = vulkan_target()
-    except pr.DeviceError:
-        vt = "ampere"
+    vt = vulkan_target()
     art = modules.artifact(
         "adam", dict(learning_rate=1e-2), cpu="portable", extra_targets=(Target.CUDA, Target.VULKAN), vulkan_target=vt
     )
@@ -225,19 +197,11 @@ def test_portable_cpu_variants_and_gpu_targets_in_one_module(modules):
     assert got["embedded-elf-x86_64"] == alone["embedded-elf-x86_64"] and got["x86-64-v4"] == alone["x86-64-v4"] > 0
     assert got["vulkan-spirv-fb"] > 0 and got["cuda-nvptx-fb"] > 0
     ref = run_steps(modules.load("adam", dict(learning_rate=1e-2)), 20_011, seed=3)[0]
-    drivers = ["local-sync", "local-task"] + (["vulkan"] if _has("vulkan") else [])
+    drivers = ["local-sync", "local-task"] + (["vulkan"] if has("vulkan") else [])
     for d in drivers:
         opt = pr.load(art.vmfb, device=d)
         assert opt.driver == d
         assert_matches_reference(run_steps(opt, 20_011, seed=3)[0], ref, f"portable+gpu on {d}")
-
-
-def _has(driver: str) -> bool:
-    try:
-        dev.config_for(driver)
-        return True
-    except pr.DeviceError:
-        return False
 
 
 def test_portable_fallback_inside_a_multi_target_module(monkeypatch):

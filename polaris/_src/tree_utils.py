@@ -29,7 +29,13 @@ def fulls_like(tree, value, dtype=STATE_DTYPE):
 # A reduction over rows of at most 65535 (each row one workgroup, looping over its columns) is
 # exact there and as fast on the CPU, so tensors above 65535 elements are reduced in two levels.
 MAX_WORKGROUPS = 65535
-_SPLIT_ABOVE = MAX_WORKGROUPS
+
+
+def _splits(x) -> bool:
+    """Whether a whole-tensor reduction of ``x`` runs in two levels: a static size above 65535
+    (a small tensor, or a flat module's dynamic length, is reduced in one)."""
+    n = x.size
+    return isinstance(n, int) and n > MAX_WORKGROUPS
 
 
 def _rows(x, fill):
@@ -38,9 +44,9 @@ def _rows(x, fill):
     The split is a free reshape when the size has a divisor in range (tensor sizes almost always
     do); otherwise ``x`` is padded with ``fill`` (the reduction's identity).
     """
+    if not _splits(x):
+        return None
     n = x.size
-    if not isinstance(n, int) or n <= _SPLIT_ABOVE:
-        return None  # small, or a dynamic (flat module) length: one level
     flat = jnp.reshape(x, (n,))
     lo = -(-n // MAX_WORKGROUPS)
     for cols in (*range(max(lo, 1024), min(n // 2, 1 << 16) + 1), *range(lo, min(1024, n // 2 + 1))):
@@ -51,28 +57,31 @@ def _rows(x, fill):
     return jnp.reshape(jnp.pad(flat, (0, rows * cols - n), constant_values=fill), (rows, cols))
 
 
+def _two_level(reduce, fill, x):
+    """``reduce`` over every element of ``x``: over rows, then over the row results, where
+    :func:`_rows` splits ``x``; in one level otherwise."""
+    r = _rows(x, fill)
+    return reduce(x) if r is None else reduce(reduce(r, axis=1))
+
+
 def full_sum(x):
     """``sum(x)`` over every element (two levels above 65535 elements; see above)."""
-    r = _rows(x, 0)
-    return jnp.sum(x) if r is None else jnp.sum(jnp.sum(r, axis=1))
+    return _two_level(jnp.sum, 0, x)
 
 
 def full_mean(x):
-    """``mean(x)`` over every element (via :func:`full_sum`)."""
-    n = jnp.size(x)
-    return jnp.mean(x) if _rows(x, 0) is None else full_sum(x) / n
+    """``mean(x)`` over every element (its padded two-level sum divided by the true size)."""
+    return full_sum(x) / jnp.size(x) if _splits(x) else jnp.mean(x)
 
 
 def full_all(x):
     """``all(x)`` over every element (two levels above 65535 elements)."""
-    r = _rows(x, True)
-    return jnp.all(x) if r is None else jnp.all(jnp.all(r, axis=1))
+    return _two_level(jnp.all, True, x)
 
 
 def full_any(x):
     """``any(x)`` over every element (two levels above 65535 elements)."""
-    r = _rows(x, False)
-    return jnp.any(x) if r is None else jnp.any(jnp.any(r, axis=1))
+    return _two_level(jnp.any, False, x)
 
 
 def update_moment(updates, moments, decay, order):
@@ -112,22 +121,13 @@ def scalar(value, dtype=STATE_DTYPE):
 
 
 def safe_norm(x, min_norm):
-    """``max(||x||, min_norm)`` with a gradient that is finite at ``x = 0`` (Optax's ``safe_norm``)."""
+    """``max(||x||, min_norm)`` with a gradient that is finite at ``x = 0`` (Optax's ``safe_norm``;
+    the transforms use :func:`per_tensor_safe_norm`, its value in one reduction)."""
     x = jnp.asarray(x)
     norm = jnp.sqrt(full_sum(jnp.square(x.astype(STATE_DTYPE))))
     masked = jnp.where(norm <= min_norm, jnp.ones_like(x), x)
     masked_norm = jnp.sqrt(full_sum(jnp.square(masked.astype(STATE_DTYPE))))
     return jnp.where(norm <= min_norm, jnp.asarray(min_norm, STATE_DTYPE), masked_norm)
-
-
-def safe_rms(x, min_rms):
-    """``max(rms(x), min_rms)`` with a gradient that is finite at ``x = 0``."""
-    x = jnp.asarray(x).astype(STATE_DTYPE)
-    rms = jnp.sqrt(full_mean(jnp.square(x)))
-    masked = jnp.where(rms <= min_rms, jnp.ones_like(x), x)
-    return jnp.where(
-        rms <= min_rms, jnp.asarray(min_rms, STATE_DTYPE), jnp.sqrt(full_mean(jnp.square(masked)))
-    )
 
 
 def global_norm(tree):
@@ -197,11 +197,12 @@ def per_tensor_safe_norm(x, min_norm, what: str = "a per-tensor reduction"):
 
 
 def per_tensor_safe_rms(x, min_rms, what: str = "a per-tensor reduction"):
-    """:func:`safe_rms` over ``x``'s tensor (per segment inside ``flat_segments``)."""
+    """``max(rms(x), min_rms)`` over ``x``'s tensor (per segment inside ``flat_segments``), in
+    one reduction as :func:`per_tensor_safe_norm`."""
     ctx = _segments()
-    if ctx is None:
-        return safe_rms(x, min_rms)
     x32 = jnp.asarray(x).astype(STATE_DTYPE)
+    if ctx is None:
+        return _safe_sqrt(full_mean(jnp.square(x32)), min_rms)
     mean_sq = ctx.sums(jnp.square(x32), what) / jnp.maximum(ctx.counts(x32, what), 1.0)
     return ctx.broadcast(_safe_sqrt(mean_sq, min_rms))
 
