@@ -74,11 +74,20 @@ def test_same_gradient_arrays_every_step(adam, checked_calls):
     for _ in range(10):
         p, s = adam.step(p, g, s)
     assert len(checked_calls) == 1
+    plan = adam._plans["step"]
+    assert plan.aliased is True  # adam's step writes params and state in place
+    args = plan.args
+    p, s = adam.step(p, g, s)  # same Trees' buffers, same grads: the argument list is reused
+    assert plan.args is args
+    p, s = adam.step(p, [dev.upload(adam.device, _grads(0))], s)  # fresh grads: a new list
+    assert plan.args is not args
     ref = np.linspace(-1, 1, N, dtype=np.float32)
     rs = adam.init(ref)
-    for _ in range(10):
+    for _ in range(12):
         ref, rs = adam.step(ref, _grads(0), rs)
     np.testing.assert_array_equal(p.numpy(), ref.numpy())
+    for a, b in zip(s.leaves(), rs.leaves(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_donated_tree_is_still_refused(adam):
@@ -195,6 +204,30 @@ def test_flat_module_with_segments(modules, checked_calls):
     assert not np.array_equal(a, b)
 
 
+def test_a_module_with_fresh_result_buffers_reads_them_back(modules, checked_calls):
+    """Flat adafactor's step counter is not written in place (docs/flat-modules.md): the plan
+    sees that on its first call and reads every later call's results instead of assuming them."""
+    from polaris._src import registry
+
+    opt = modules.load("adafactor", dict(registry.get("adafactor").example))
+    n = 200
+    seg = np.minimum(np.arange(n) // 120, 1).astype(np.int32)
+    p0 = np.linspace(-1, 1, n, dtype=np.float32)
+    ref, rs = p0, opt.init(p0)
+    for i in range(8):
+        ref, rs = opt.step(ref, _grads(i, n), rs, segments=seg)  # host arrays: checked each call
+    checked_calls.clear()
+    segs, p, s = opt.upload_segments(seg), p0, opt.init(p0)
+    for i in range(8):
+        p, s = opt.step(p, [dev.upload(opt.device, _grads(i, n))], s, segments=segs)
+    assert len(checked_calls) == 1
+    assert opt._plans["step"].aliased is False
+    np.testing.assert_array_equal(p.numpy(), ref.numpy())
+    for a, b in zip(s.leaves(), rs.leaves(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert opt.step_count(s) == 8
+
+
 def test_update_loop_is_planned_too(adam, checked_calls):
     """``update`` (Polaris's API): the state it returned and device grads of the same layout skip
     the checks; without params, zeros are made on the device once (no read-back of the grads)."""
@@ -206,10 +239,15 @@ def test_update_loop_is_planned_too(adam, checked_calls):
         ref_u.append(u.numpy())
     checked_calls.clear()
     s = adam.init(p0)
+    kept = []
     for i in range(6):
         u, s = adam.update([dev.upload(adam.device, _grads(i))], s)
         np.testing.assert_array_equal(u.numpy(), ref_u[i])
+        kept.append(u)
     assert checked_calls == ["update"]
+    assert adam._plans["update"].aliased is True  # the state is written in place ...
+    for u, ref in zip(kept, ref_u, strict=True):  # ... but each call's updates are its own
+        np.testing.assert_array_equal(u.numpy(), ref)
     zeros = adam._zeros_cache[1]
     adam.update([dev.upload(adam.device, _grads(0))], s)
     assert adam._zeros_cache[1] is zeros  # reused, not rebuilt
