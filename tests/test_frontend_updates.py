@@ -505,3 +505,35 @@ def test_whole_tensor_reductions_split_large_static_tensors(shape):
     y = x.reshape(-1).at[-1].set(jnp.nan).reshape(shape)
     assert bool(tu.full_any(jnp.isnan(y))) and not bool(tu.full_any(jnp.isnan(x)))
     assert not bool(tu.full_all(jnp.isfinite(y)))
+
+
+@pytest.mark.parametrize(
+    "value, dtype",
+    [(v, d) for d in (jnp.float32, jnp.bfloat16) for v in (0.0, -0.0, 1.5, -3.25e-30, np.inf, -np.inf, np.nan, 1e38)]
+    + [(v, jnp.int32) for v in (0, -7, 2**31 - 1)],
+)
+def test_hoisted_is_the_identity(value, dtype):
+    """``hoisted`` only moves a scalar into a dispatch of its own; its value is untouched."""
+    from polaris._src import tree_utils as tu
+
+    x = jnp.asarray(value, dtype)
+    bits = np.dtype(f"uint{8 * x.dtype.itemsize}")
+    for f in (tu.hoisted, jax.jit(tu.hoisted)):
+        got = f(x)
+        assert got.shape == () and got.dtype == x.dtype
+        assert np.asarray(got).view(bits) == np.asarray(x).view(bits)  # bit for bit: NaN, -0.0
+
+
+def test_select_chooses_per_element_with_a_scalar_predicate():
+    from polaris._src import tree_utils as tu
+
+    a, b = jnp.arange(6.0).reshape(2, 3), jnp.full((2, 3), -1.0)
+    for pred in (True, False, jnp.asarray(True), jnp.asarray(False)):
+        want = jnp.where(pred, a, b)
+        got = jax.jit(tu.select)(pred, a, b)
+        assert got.shape == (2, 3)
+        np.testing.assert_array_equal(got, want)
+    # a scalar branch broadcasts as in jnp.where; the predicate is broadcast in the HLO
+    np.testing.assert_array_equal(tu.select(jnp.asarray(False), 0.0, a), a)
+    hlo = jax.jit(tu.select).lower(jnp.asarray(True), a, b).as_text()
+    assert "tensor<2x3xi1>" in hlo

@@ -71,13 +71,13 @@ def accumulate_gradients(parent=None, steps=None) -> Transform:
         )
         emit = state.mini_step == steps - 1
         out, new_inner = inner.update(tu.cast_like(acc, updates), state.inner_state, params)
-        out = jax.tree.map(lambda u: jnp.where(emit, u, jnp.zeros_like(u)), out)
+        out = jax.tree.map(lambda u: tu.select(emit, u, jnp.zeros_like(u)), out)
         new_inner = jax.tree.map(
-            lambda new, old: jnp.where(emit, new, old).astype(old.dtype),
+            lambda new, old: tu.select(emit, new, old).astype(old.dtype),
             new_inner,
             state.inner_state,
         )
-        acc = jax.tree.map(lambda a: jnp.where(emit, jnp.zeros_like(a), a), acc)
+        acc = jax.tree.map(lambda a: tu.select(emit, jnp.zeros_like(a), a), acc)
         mini = jnp.where(emit, 0, tu.safe_increment(state.mini_step)).astype(tu.COUNT_DTYPE)
         return out, AccumulateGradientsState(mini_step=mini, acc_grads=acc, inner_state=new_inner)
 

@@ -65,9 +65,9 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int) -> Transform:
         # buffers that flow through a conditional region.
         take = jnp.logical_or(isfinite, notfinite_count > max_consecutive_errors)
         new_updates, new_inner = inner.update(updates, state.inner_state, params)
-        out = jax.tree.map(lambda u: jnp.where(take, u, jnp.zeros_like(u)), new_updates)
+        out = jax.tree.map(lambda u: tu.select(take, u, jnp.zeros_like(u)), new_updates)
         inner_state = jax.tree.map(
-            lambda new, old: jnp.where(take, new, old), new_inner, state.inner_state
+            lambda new, old: tu.select(take, new, old), new_inner, state.inner_state
         )
         return out, ApplyIfFiniteState(
             notfinite_count=notfinite_count,

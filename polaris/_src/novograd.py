@@ -64,9 +64,9 @@ def scale_by_novograd(
         first = count == 1
         g32 = tu.cast_like(updates, state.mu)
         sq = jax.tree.map(lambda g: tu.full_sum(jnp.square(g)), g32)
-        nu = jax.tree.map(lambda s, v: jnp.where(first, s, b2 * v + (1 - b2) * s), sq, state.nu)
+        nu = jax.tree.map(lambda s, v: tu.select(first, s, b2 * v + (1 - b2) * s), sq, state.nu)
         mu = jax.tree.map(
-            lambda g, p, v, m: jnp.where(first, 0.0, b1 * m)
+            lambda g, p, v, m: tu.select(first, 0.0, b1 * m)
             + g / (jnp.sqrt(v + eps_root) + eps)
             + weight_decay * p.astype(m.dtype),
             g32,

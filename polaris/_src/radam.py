@@ -54,10 +54,11 @@ def scale_by_radam(
         r = jnp.sqrt(
             jnp.maximum((ro - 4.0) * (ro - 2.0) * ro_inf / ((ro_inf - 4.0) * (ro_inf - 2.0) * ro), 0.0)
         )
+        rectify, r = tu.hoisted(ro) >= threshold, tu.hoisted(r)  # scalars, computed once
         mu_hat = tu.bias_correction(mu, b1, count)
         nu_hat = tu.bias_correction(nu, b2, count)
         out = jax.tree.map(
-            lambda m, v: jnp.where(ro >= threshold, r * m / (jnp.sqrt(v + eps_root) + eps), m),
+            lambda m, v: tu.select(rectify, r * m / (jnp.sqrt(v + eps_root) + eps), m),
             mu_hat,
             nu_hat,
         )

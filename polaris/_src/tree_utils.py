@@ -91,16 +91,42 @@ def update_moment(updates, moments, decay, order):
     )
 
 
+def hoisted(x):
+    """The scalar ``x``, computed once per call in a small dispatch of its own.
+
+    An identity in value (a one-element sort). Without it IREE fuses a scalar's computation
+    (say ``b**count``, an exp2 polynomial) into the elementwise kernel that uses it and
+    recomputes it for every vector: the count is read from a buffer LLVM cannot prove unaliased
+    with the outputs, so nothing is hoisted (1M-element Adam 2x slower on the CPU). A sort is
+    never fused into elementwise kernels, and unlike ``jax.lax.optimization_barrier`` it stays
+    on the device: IREE 3.13 makes the host wait for the device before and after a barrier
+    (two more queue submissions and fence waits per call). See docs/performance.md.
+    """
+    x = jnp.asarray(x)
+    return jax.lax.sort(x.reshape(1)).reshape(x.shape)
+
+
+def select(pred, on_true, on_false):
+    """``jnp.where(pred, on_true, on_false)`` for a scalar ``pred``, chosen per element.
+
+    For a scalar predicate and array branches JAX emits a select on the scalar, which IREE 3.13
+    turns into a host-side choice between two buffers: the predicate is read back from the device
+    (one more queue submission and fence wait per call) and, for donated buffers, the choice can
+    fail at run time. Broadcast to the branches' shape, the choice stays inside the kernel.
+    """
+    on_true, on_false = jnp.asarray(on_true), jnp.asarray(on_false)
+    shape = jnp.broadcast_shapes(on_true.shape, on_false.shape)
+    return jnp.where(jnp.broadcast_to(pred, shape), on_true, on_false)
+
+
 def bias_correction(moments, decay, count):
     """``m / (1 - decay**count)`` per leaf; ``count`` is the (already incremented) step."""
     correction = 1 - decay ** count.astype(STATE_DTYPE)
-    # A scalar computed once, outside the elementwise kernel: without the barrier IREE fuses the
-    # scalar pow into the per-element loop and recomputes it for every vector (the count is read
-    # from a buffer LLVM cannot prove unaliased with the outputs); see docs/performance.md.
-    # The reciprocal is taken once as well: a multiply per element instead of a divide (XLA's
-    # algebraic simplifier makes the same rewrite for jax.jit(optax)). Dividing costs a vdivps
-    # per vector, which made the CPU kernel compute-bound in cache (docs/performance.md).
-    inverse = jax.lax.optimization_barrier(1 / correction)
+    # The reciprocal is taken once, as a scalar outside the elementwise kernel (hoisted): a
+    # multiply per element instead of a divide (XLA's algebraic simplifier makes the same rewrite
+    # for jax.jit(optax)). Dividing costs a vdivps per vector, which made the CPU kernel
+    # compute-bound in cache (docs/performance.md).
+    inverse = hoisted(1 / correction)
     return jax.tree.map(lambda m: m * inverse.astype(m.dtype), moments)
 
 
