@@ -7,6 +7,8 @@ module compiled for the model's own tree layout.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,6 +116,34 @@ def test_flat_module_with_segments_matches_tree_module(case):
     assert pairs, "no state leaf compared"
     for name, a, b in pairs:
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{case}: state {name}")
+
+
+_STEP_UNDER_MALLOC_CHECK = """
+import sys, numpy as np, polaris_runtime as pr
+from polaris_runtime.pack import pack
+opt = pr.load(sys.argv[1], device="local-sync")
+flat, packing = pack({"a": np.ones((3, 4), np.float32), "b": np.ones(5, np.float32)})
+seg, p = opt.upload_segments(packing), flat
+s = opt.init(p)
+for _ in range(3):
+    p, s = opt.step(p, packing.pack({"a": np.full((3, 4), 0.5, np.float32), "b": np.ones(5, np.float32)}), s, segments=seg)
+print(float(p.numpy()[0]))
+"""
+
+
+def test_rows_outside_tensors_never_reach_the_scatter(tmp_path):
+    """Regression: elements of rank <= 1 tensors have row id -1, which XLA's scatter skips and
+    IREE 3.13's wrote 4 bytes before its buffer (a flat centralize module corrupted the heap;
+    glibc's checks crashed the process). Run under MALLOC_CHECK_=3 in a fresh process."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "centralize-adam.vmfb"
+    path.write_bytes(compile_optimizer(centralized_adam(), Layout.flat(), name="centralize-adam").vmfb)
+    env = {**os.environ, "MALLOC_CHECK_": "3", "MALLOC_PERTURB_": "165"}
+    r = subprocess.run([sys.executable, "-c", _STEP_UNDER_MALLOC_CHECK, str(path)], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
+    assert np.isfinite(float(r.stdout.split()[-1]))
 
 
 def test_one_flat_module_serves_two_models():

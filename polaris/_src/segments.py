@@ -119,17 +119,25 @@ def _same_dim(a, b) -> bool:
 
 
 def _scatter_sum(x, ids_col, num: int):
-    """``out[k] = sum(x[i] for ids[i] == k)``, float32; out-of-range ids (``-1``) are dropped."""
+    """``out[k] = sum(x[i] for ids[i] == k)``, float32; out-of-range ids (``-1``) are dropped.
+
+    Dropped elements are summed into a spare slot past the end, which is cut off: the scatter
+    itself only ever sees indices in range. XLA skips out-of-range scatter indices, IREE 3.13
+    does not: an id of -1 wrote 4 bytes before the buffer (heap corruption, seen as a crash in
+    ``free`` with flat ``centralize`` modules).
+    """
     dn = lax.ScatterDimensionNumbers(
         update_window_dims=(), inserted_window_dims=(0,), scatter_dims_to_operand_dims=(0,)
     )
-    return lax.scatter_add(
-        jnp.zeros((num,), _F32),
-        ids_col,
+    ids = jnp.where((ids_col >= 0) & (ids_col < num), ids_col, num)
+    out = lax.scatter_add(
+        jnp.zeros((num + 1,), _F32),
+        ids,
         jnp.asarray(x).astype(_F32),
         dn,
-        mode=lax.GatherScatterMode.FILL_OR_DROP,
+        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
     )
+    return out[:num]
 
 
 def _broadcast(per_segment, ids_col, weight=None):
