@@ -3,13 +3,15 @@
 In the compiled ``step`` of polaris' Adam, the per-element loop recomputes ``b1**count`` and
 ``b2**count`` (an exp2 polynomial, ~50 scalar instructions) on every 16-float vector iteration:
 the count is read from a buffer that LLVM cannot prove unaliased with the outputs, so nothing is
-hoisted (see docs/performance.md). This script compiles three stand-alone Adam steps with the
+hoisted (see docs/performance.md). This script compiles stand-alone Adam steps with the
 same math and times them through IREE (raw invoke, local-task):
 
-* ``inline``: as polaris writes it (bias corrections inside the elementwise expression);
+* ``inline``: the bias corrections inside the elementwise expression (polaris before the fix);
 * ``barrier``: the scalars ``lr/(1-b1^t)`` and ``1/(1-b2^t)`` computed first and passed through
   ``jax.lax.optimization_barrier``, so IREE materialises them in a scalar dispatch and the loop
   only loads them;
+* ``sort``: the same scalars hoisted with a one-element ``lax.sort`` (``tree_utils.hoisted``, what
+  polaris does since the third pass): no host wait around them, unlike the barrier;
 * ``jax``: jax.jit of ``inline`` on XLA:CPU, for reference.
 
 Usage: ``python bench/kernel_probe.py [--sizes 1e5,1e6,1e7]`` (prints a markdown table).
@@ -51,7 +53,15 @@ def steps():
         v = B2 * v + (1 - B2) * g * g
         return p - a * m / (jnp.sqrt(v * b + EPS_ROOT) + EPS), m, v, t
 
-    return {"inline": inline, "barrier": barrier}
+    def sort(p, g, m, v, t):
+        t = t + 1
+        tf = t.astype(jnp.float32)
+        a, b = (jax.lax.sort(x.reshape(1))[0] for x in (LR / (1 - B1**tf), 1 / (1 - B2**tf)))
+        m = B1 * m + (1 - B1) * g
+        v = B2 * v + (1 - B2) * g * g
+        return p - a * m / (jnp.sqrt(v * b + EPS_ROOT) + EPS), m, v, t
+
+    return {"inline": inline, "barrier": barrier, "sort": sort}
 
 
 def compile_iree(fn) -> bytes:
