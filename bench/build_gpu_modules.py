@@ -8,7 +8,9 @@ Run it here (it needs the compiler and JAX, not a GPU), copy the folder to the G
     python bench/build_gpu_modules.py out/cpu-modules --target llvm-cpu   # dry run of gpu.py here
 
 Writes ``<optimizer>-flat-<target>.vmfb`` for adam, adamw, sgd_momentum, lion and lamb (options
-as in ``bench/_common.POLARIS``) and ``index.json`` describing them.
+as in ``bench/_common.POLARIS``), fixed-length flat modules (``--size``: static shapes, a command
+buffer recorded once and replayed) of the ``--fixed`` optimizers at each ``--fixed-sizes`` size,
+and ``index.json`` describing them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def main(argv=None) -> int:
     ap.add_argument("--target", default="cuda", help="cuda (default), or llvm-cpu / vulkan for a dry run")
     ap.add_argument("--cuda-arch", default="sm_80", help="sm_80 PTX also runs on Hopper (DESIGN.md)")
     ap.add_argument("--optimizers", type=C.parse_optimizers, default=list(C.OPTIMIZERS))
+    ap.add_argument("--fixed", type=C.parse_optimizers, default=["adam"], help="optimizers that also get fixed-length modules")
+    ap.add_argument("--fixed-sizes", type=C.parse_sizes, default=[10**6, 10**7, 10**8])
     args = ap.parse_args(argv)
 
     from polaris._src import registry
@@ -51,6 +55,13 @@ def main(argv=None) -> int:
         index["modules"][key] = {"file": fname, "polaris_name": name, "options": options,
                                  "bytes_per_param": C.BYTES_PER_PARAM[key], "flags": art.flags, "notes": art.notes}
         C.say(f"  {fname}: {len(art.vmfb) / 1024:.0f} KiB in {time.perf_counter() - t0:.1f} s")
+        if key in args.fixed:
+            fixed = index["modules"][key]["fixed"] = {}
+            for n in args.fixed_sizes:
+                art = compile_optimizer(spec.build(**options), Layout.flat(size=n), opts, name=name, optimizer_options={**spec.defaults(), **options})
+                fixed[str(n)] = fname_n = f"{key}-flat{n}-{tgt.value}.vmfb"
+                art.save(args.folder / fname_n)
+                C.say(f"  {fname_n}: {len(art.vmfb) / 1024:.0f} KiB")
     (args.folder / "index.json").write_text(json.dumps(index, indent=2) + "\n")
     print(args.folder / "index.json")
     return 0

@@ -12,7 +12,10 @@ same math written in plain ``jax.numpy`` (labelled so).
 Peers per optimizer and size (1e6, 1e7, 1e8 by default):
 
 * ``polaris``: ``polaris_runtime.load(module, device="cuda")``, Trees on the device, the gradient
-  uploaded once; ``iree-bare``: the same module's ``step`` through IREE's FunctionInvoker;
+  uploaded once; ``polaris fixed``: the same, with the module compiled for exactly that many
+  elements (``polaris compile --size N``: IREE records the step once and replays it), where
+  ``build_gpu_modules.py`` built one; ``iree-bare``: the flat module's ``step`` through IREE's
+  FunctionInvoker;
 * ``torch fused`` / ``torch foreach``: ``torch.optim.Adam(fused=True)`` / ``(foreach=True)``
   (AdamW and SGD-momentum likewise; torch has no Lion or LAMB);
 * ``jax.jit(optax)``: params and state donated (``XLA_PYTHON_CLIENT_PREALLOCATE=false`` so JAX
@@ -269,7 +272,7 @@ def main(argv=None) -> int:
     ap.add_argument("--optimizers", type=C.parse_optimizers, default=None)
     ap.add_argument("--repeats", type=int, default=15, help="samples per peer (a third at 1e8)")
     ap.add_argument("--target-s", type=float, default=0.05, help="wall time of one sample")
-    ap.add_argument("--peers", default="polaris,iree-bare,torch-fused,torch-foreach,jax")
+    ap.add_argument("--peers", default="polaris,polaris-fixed,iree-bare,torch-fused,torch-foreach,jax")
     args = ap.parse_args(argv)
 
     index = json.loads((args.modules / "index.json").read_text())
@@ -312,6 +315,9 @@ def main(argv=None) -> int:
             make = {}
             if "polaris" in peers:
                 make["polaris"] = lambda: polaris_peer(path, args.device, p, g)
+            fixed = index["modules"][key].get("fixed", {}).get(str(n))
+            if "polaris-fixed" in peers and fixed:  # the same step compiled for exactly n elements
+                make["polaris fixed"] = lambda: polaris_peer(args.modules / fixed, args.device, p, g)
             if "iree-bare" in peers:
                 make["iree-bare"] = lambda: bare_peer(path, args.device, p, g)
             if have_torch_cuda and on_gpu and key in TORCH_OPTS:

@@ -4,6 +4,9 @@ Peers, each timed with its state and parameters resident where it computes:
 
 * ``polaris``: this project through ``polaris_runtime`` (``Optimizer.step`` on device-resident
   Trees; the gradients pre-uploaded once, so no host copy per call);
+* ``polaris-fixed`` (flat sizes): the same, with the module compiled for exactly that many
+  elements (``polaris compile --size N``: static shapes, so IREE records the step once and
+  replays it);
 * ``iree-bare``: the same ``.vmfb``'s ``step`` called through IREE's own ``FunctionInvoker`` on the
   same device, with no polaris binding or validation (what the runtime adds is the difference);
 * ``optax``: ``jax.jit`` of the Optax twin, parameters and state donated;
@@ -54,7 +57,7 @@ from _numpy_peer import NumpyStep  # noqa: E402
 from polaris_runtime import device as pr_device  # noqa: E402
 
 CACHE = C.REPO / ".cache" / "bench"
-PEERS = ("polaris", "iree-bare", "optax", "numpy")
+PEERS = ("polaris", "polaris-fixed", "iree-bare", "optax", "numpy")
 
 
 # -- modules ------------------------------------------------------------------------------------
@@ -71,29 +74,30 @@ def _source_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def compiled_module(opt: str, layout_kind: str, shapes: dict | None, cpu: str = "host", extra: tuple[str, ...] = ()) -> pathlib.Path:
-    """The ``.vmfb`` of ``opt`` for the flat layout or a tree of shapes, cached in .cache/bench."""
+def compiled_module(opt: str, layout_kind: str, shapes: dict | None, cpu: str = "host", extra: tuple[str, ...] = (), size: int | None = None) -> pathlib.Path:
+    """The ``.vmfb`` of ``opt`` for the flat layout (of any length, or exactly ``size``) or a tree
+    of shapes, cached in .cache/bench."""
     from polaris._src import registry
     from polaris_compiler import CompileOptions, Layout, compile_optimizer
 
     name, options = C.POLARIS[opt]
     vers = C.versions("iree-base-compiler", "jax", "polaris-iree")
-    key_src = repr((vers, name, sorted(options.items()), layout_kind, C.shape_leaves(shapes) if shapes else None, cpu, extra, C.cpu_model(), _source_digest()))
+    key_src = repr((vers, name, sorted(options.items()), layout_kind, C.shape_leaves(shapes) if shapes else None, cpu, extra, C.cpu_model(), _source_digest(), size))
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
-    path = CACHE / f"{opt}-{layout_kind}-{cpu}-{key}.vmfb"
+    path = CACHE / f"{opt}-{layout_kind}{size or ''}-{cpu}-{key}.vmfb"
     if path.exists():
         return path
     import jax
 
     if layout_kind == "flat":
-        lay = Layout.flat()
+        lay = Layout.flat(size=size)
     else:
         sds = C.map_shapes(lambda s: jax.ShapeDtypeStruct(s, np.float32), shapes)
         lay = Layout.from_tree(sds, source="bench")
     spec = registry.get(name)
     t0 = time.perf_counter()
     art = compile_optimizer(spec.build(**options), lay, CompileOptions(cpu=cpu, extra_args=tuple(extra)), name=name, optimizer_options={**spec.defaults(), **options})
-    C.say(f"  compiled {opt} ({layout_kind}, cpu={cpu}) in {time.perf_counter() - t0:.1f} s")
+    C.say(f"  compiled {opt} ({layout_kind}{size or ''}, cpu={cpu}) in {time.perf_counter() - t0:.1f} s")
     art.save(path)
     return path
 
@@ -256,6 +260,8 @@ def run_suite(args) -> dict:
             reps = args.repeats if n < 5_000_000 else max(3, args.repeats // 3)
             make = {
                 "polaris": lambda: polaris_peer(flat, p, [g], driver),
+                # the same step compiled for exactly n elements (polaris compile --size n)
+                "polaris-fixed": lambda: polaris_peer(compiled_module(opt, "flat", None, size=n), p, [g], driver),
                 "iree-bare": lambda: bare_peer(flat, [p], [g], driver),
                 "optax": lambda: optax_peer(opt, p, g),
                 "numpy": lambda: numpy_peer(opt, [p], [g]),
@@ -315,8 +321,8 @@ def run_suite(args) -> dict:
 # -- reports ------------------------------------------------------------------------------------
 def targets(results: list[dict]) -> list[dict]:
     """The issue-6 CPU targets, read off the results."""
-    def ratio(opt, layout):
-        a = [r for r in results if r["optimizer"] == opt and r["layout"] == layout and r["peer"] == "polaris" and "step_s" in r]
+    def ratio(opt, layout, peer="polaris"):
+        a = [r for r in results if r["optimizer"] == opt and r["layout"] == layout and r["peer"] == peer and "step_s" in r]
         b = [r for r in results if r["optimizer"] == opt and r["layout"] == layout and r["peer"] == "optax" and "step_s" in r]
         return a[0]["step_s"] / b[0]["step_s"] if a and b else None
 
@@ -331,9 +337,10 @@ def targets(results: list[dict]) -> list[dict]:
             goal = 1.0
         else:
             continue
-        r = ratio("adam", layout)
-        if r is not None:
-            out.append({"what": f"adam {layout}: polaris / optax", "goal": goal, "ratio": r, "met": r <= goal})
+        for peer in ("polaris", "polaris-fixed"):
+            r = ratio("adam", layout, peer)
+            if r is not None:
+                out.append({"what": f"adam {layout}: {peer} / optax", "goal": goal, "ratio": r, "met": r <= goal})
     return out
 
 
@@ -383,7 +390,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
     results = [r for r in data["results"] if "step_s" in r]
     opts = list(dict.fromkeys(r["optimizer"] for r in results))
     floor = data["info"]["copy_bandwidth"]["floor_gbs"]
-    colors = {"polaris": "C0", "iree-bare": "C9", "optax": "C1", "numpy": "C2"}
+    colors = {"polaris": "C0", "polaris-fixed": "C4", "iree-bare": "C9", "optax": "C1", "numpy": "C2"}
     many = [r for r in results if "gpt2" in r["layout"]]
     ncols = len(opts) + (1 if many else 0)
     fig, axes = plt.subplots(1, ncols, figsize=(3.4 * ncols, 3.6), squeeze=False)

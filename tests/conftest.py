@@ -41,7 +41,7 @@ class ModuleCache:
 
         options = dict(options or {})
         lay = layout if layout is not None else Layout.flat()
-        key = _key(name, options, repr(lay.tree) if lay.kind == "tree" else "flat", target, compile_kw)
+        key = _key(name, options, repr(lay.tree) if lay.kind == "tree" else f"flat{lay.size or ''}", target, compile_kw)
         compile_kw = dict(compile_kw)
         if key not in self._artifacts:
             spec = registry.get(name)

@@ -85,6 +85,17 @@ def test_compile_from_npz_and_safetensors_layouts(runner, tmp_path):
         assert {p["name"]: p["shape"] for p in m["groups"]["params"]} == {"enc/b": [2], "enc/w": [5, 2]}
 
 
+def test_compile_a_fixed_size_flat_module(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(cli, ["compile", "sgd", "momentum=0.9", "--size", "1000", "--no-cache"])
+    assert r.exit_code == 0, r.output
+    out = pathlib.Path(r.output.strip().splitlines()[-1])
+    assert out.name.startswith("sgd-") and "-flat1000-f32-llvm-cpu" in out.name
+    m = json.loads(run(runner, "inspect", str(out), "--json").output)
+    assert m["layout"] == "flat" and m["groups"]["params"][0]["shape"] == [1000]
+    assert "layout flat, exactly 1000 elements" in run(runner, "inspect", str(out)).output
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -97,6 +108,8 @@ def test_compile_from_npz_and_safetensors_layouts(runner, tmp_path):
         (["compile", "sgd", "nesterov=true"], "nesterov=True` needs `momentum`"),
         (["compile", "adam", "--target", "tpu"], "unknown target 'tpu'; valid targets: llvm-cpu, cuda, vulkan"),
         (["compile", "adam", "--layout", "missing.json"], "layout file 'missing.json' does not exist"),
+        (["compile", "adam", "--size", "10", "--layout", "m.json"], "--size fixes the length of the flat layout"),
+        (["compile", "adam", "--size", "0"], "0 is not in the range x>=1"),
         (["inspect", "missing.vmfb"], "module file 'missing.vmfb' does not exist"),
     ],
 )

@@ -11,7 +11,7 @@ import pytest
 import polaris
 from polaris._src import registry
 from polaris._src.errors import OptionError
-from polaris_compiler import CompileError, CompileOptions, Layout, Target, build_flags, compile_optimizer
+from polaris_compiler import CompileError, CompileOptions, Layout, LayoutError, Target, build_flags, compile_optimizer
 from polaris_runtime.manifest import SCHEMA_VERSION, Manifest
 
 
@@ -95,6 +95,25 @@ def test_step_waits_for_the_device_once(modules, name):
     step = _vm_function(art, "step")
     assert step.count("@hal.fence.await") == 1
     assert step.count("@hal.device.queue.execute") == 1 or name == "noisy_sgd"  # RNG: no wait
+
+
+def test_a_fixed_size_flat_step_is_recorded_once(modules):
+    """Static shapes let IREE record the step's command buffer once and replay it (a flat module
+    of any length records it on every call: its workgroup count depends on n)."""
+    any_length = _vm_function(modules.artifact("adam", dict(learning_rate=0.1)), "step")
+    fixed = modules.artifact("adam", dict(learning_rate=0.1), Layout.flat(size=96))
+    assert fixed.manifest["layout"] == "flat"
+    assert fixed.manifest["groups"]["params"] == [{"name": "params", "shape": [96], "dtype": "float32"}]
+    step = _vm_function(fixed, "step")
+    assert "@hal.command_buffer.create" in any_length
+    assert "@hal.command_buffer.create" not in step and "__step_memoize" in step
+    assert step.count("@hal.fence.await") == 1
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, True, "10"])
+def test_a_flat_size_must_be_a_positive_integer(size):
+    with pytest.raises(LayoutError, match="size must be a positive integer"):
+        Layout.flat(size=size)
 
 
 def test_step_aliases_its_outputs_onto_donated_inputs(modules):

@@ -58,7 +58,7 @@ _compiled: dict = {}
 def load(case: str, layout: Layout | None = None, **kw) -> pr.Optimizer:
     """Each (case, layout) compiled once per session."""
     lay = layout or Layout.flat()
-    key = (case, repr(lay.tree) if lay.kind == "tree" else "flat", tuple(sorted(kw.items())))
+    key = (case, repr(lay.tree) if lay.kind == "tree" else f"flat{lay.size or ''}", tuple(sorted(kw.items())))
     if key not in _compiled:
         _compiled[key] = compile_optimizer(CASES[case](), lay, name=case, **kw)
     return pr.load(_compiled[key].vmfb, device="local-task")
@@ -144,6 +144,27 @@ def test_rows_outside_tensors_never_reach_the_scatter(tmp_path):
     r = subprocess.run([sys.executable, "-c", _STEP_UNDER_MALLOC_CHECK, str(path)], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
     assert np.isfinite(float(r.stdout.split()[-1]))
+
+
+def test_a_fixed_size_flat_module_takes_the_same_segments():
+    """``--size``: the model's exact length; the packing and segments work unchanged, and the
+    results equal the any-length module's."""
+    rng = np.random.default_rng(11)
+    params = random_tree(rng, MODEL_A)
+    flat, packing = pack(params)
+    any_length, fixed = load("lamb"), load("lamb", Layout.flat(size=packing.size))
+    assert fixed.manifest.params[0].shape == (packing.size,)
+    out = []
+    for opt in (any_length, fixed):
+        seg, p = opt.upload_segments(packing), flat
+        s = opt.init(p)
+        for i in range(5):
+            p, s = opt.step(p, packing.pack(random_tree(np.random.default_rng(i), MODEL_A)), s, segments=seg)
+        out.append(p.numpy())
+    np.testing.assert_array_equal(out[0], out[1])
+    other, other_packing = pack(random_tree(rng, MODEL_B))
+    with pytest.raises(pr.BindingError, match=f"expects \\({packing.size},\\)"):
+        fixed.init(other)
 
 
 def test_one_flat_module_serves_two_models():

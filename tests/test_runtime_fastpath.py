@@ -261,3 +261,24 @@ def test_update_with_params_of_another_shape_is_checked(adam):
     _, s = adam.update(g, s, [dev.upload(adam.device, np.zeros(N, np.float32))])  # planned
     with pytest.raises(pr.BindingError, match="dynamic dimension"):
         adam.update(g, s, [dev.upload(adam.device, np.zeros(N + 2, np.float32))])
+
+
+def test_a_fixed_size_flat_module_steps_like_the_any_length_one(modules, adam, checked_calls):
+    """``Layout.flat(size=N)`` (``polaris compile --size N``): same results bit for bit, the plan
+    engages, and a vector of another length is refused naming the size."""
+    from polaris_compiler import Layout
+
+    fixed = modules.load("adam", dict(learning_rate=0.05), Layout.flat(size=N))
+    p0 = np.linspace(-1, 1, N, dtype=np.float32)
+    a, sa, b, sb = p0, adam.init(p0), p0, fixed.init(p0)
+    checked_calls.clear()
+    for i in range(12):
+        g = [dev.upload(adam.device, _grads(i))]
+        a, sa = adam.step(a, g, sa)
+        b, sb = fixed.step(b, g, sb)
+    assert len(checked_calls) == 2  # one checked call each, then planned
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for x, y in zip(sa.leaves(), sb.leaves(), strict=True):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(pr.BindingError, match=rf"has shape \({N + 1},\) but the module expects \({N},\)"):
+        fixed.init(np.zeros(N + 1, np.float32))

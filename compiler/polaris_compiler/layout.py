@@ -39,9 +39,28 @@ class Layout:
     freeze: tuple[str, ...] = ()
 
     @classmethod
-    def flat(cls, dtype: str = "float32") -> Layout:
-        (n,) = jax.export.symbolic_shape(FLAT_SYMBOL)
+    def flat(cls, dtype: str = "float32", size: int | None = None) -> Layout:
+        """One 1-D vector: of any length ``n`` (default), or of exactly ``size`` elements.
+
+        A fixed length makes every shape in the module static, so IREE records the step's
+        command buffer once and replays it on every call instead of recording it again
+        (docs/flat-modules.md); a model of another size is refused at run time.
+        """
+        if size is None:
+            (n,) = jax.export.symbolic_shape(FLAT_SYMBOL)
+        elif isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise LayoutError(f"flat layout: size must be a positive integer (elements), got {size!r}; omit it for any length")
+        else:
+            n = int(size)
         return cls("flat", jax.ShapeDtypeStruct((n,), _dtype(dtype, "flat layout")), "flat")
+
+    @property
+    def size(self) -> int | None:
+        """A flat layout's fixed length, or ``None`` (any length, or a tree layout)."""
+        if self.kind != "flat":
+            return None
+        n = self.tree.shape[0]
+        return n if isinstance(n, int) else None
 
     @classmethod
     def from_tree(cls, tree: Any, source: str = "python") -> Layout:
@@ -133,7 +152,7 @@ class Layout:
             "kind": self.kind,
             "source": self.source,
             "leaves": len(self.leaves()),
-            "elements": None
+            "elements": self.size
             if self.kind == "flat"
             else int(sum(int(np.prod(s.shape)) for _, s in self.leaves())),
         }

@@ -26,7 +26,7 @@ def _parse_options(spec, pairs: tuple[str, ...]) -> dict:
     return out
 
 
-def default_output(name: str, options: dict, defaults: dict, layout, dtype: str, target: str) -> str:
+def default_output(name: str, options: dict, defaults: dict, layout, dtype: str, target: str, size: int | None = None) -> str:
     from polaris_compiler import options_digest
 
     parts = [name]
@@ -34,14 +34,14 @@ def default_output(name: str, options: dict, defaults: dict, layout, dtype: str,
     if changed:
         parts.append(options_digest(changed))
     if layout is None:
-        parts.append(f"flat-{_short(dtype)}")
+        parts.append(f"flat{size or ''}-{_short(dtype)}")
     else:
         parts.append(pathlib.Path(layout).stem)
     parts.append(target)
     return "-".join(parts) + ".vmfb"
 
 
-def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra, max_segments=None, max_rows=None) -> str | None:
+def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra, max_segments=None, max_rows=None, size=None) -> str | None:
     from polaris_compiler import cache
 
     try:
@@ -55,6 +55,7 @@ def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch,
             "target": target.lower(),
             "layout": layout_id,
             "dtype": dtype,
+            "size": size,
             "cpu": cache.host_cpu() if cpu == "host" else cpu,
             "cpu_triple": cpu_triple,
             "cuda_arch": cuda_arch,
@@ -89,6 +90,7 @@ def _say(msg: str) -> None:
 @target_option
 @click.option("--layout", "-l", type=click.Path(), help="Parameter layout: .json, .npz or .safetensors. Default: one flat f32 vector of any length.")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]), help="Element type of the flat layout.")
+@click.option("--size", type=click.IntRange(min=1), default=None, help="Flat layout: exactly this many elements (static shapes: IREE records the step once and replays it each call; other sizes are refused). Default: any length.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output .vmfb (default: NAME[-OPTIONSHASH]-LAYOUT-TARGET.vmfb).")
 @click.option("--cpu", default="host", show_default=True, help="llvm-cpu: CPU to build for: host, a name (znver3, x86-64-v3, generic), a list best-first (x86-64-v4,x86-64-v3,x86-64-v2) or 'portable' (that list: the best variant is picked where the module loads).")
 @click.option("--cpu-triple", default=None, help="llvm-cpu: target triple for cross compiling, e.g. aarch64-unknown-linux-gnu.")
@@ -100,7 +102,7 @@ def _say(msg: str) -> None:
 @click.option("--max-segments", type=click.IntRange(min=1), default=None, help="Flat layout: the most tensors the module serves when its transforms reduce per tensor (lamb, lars, fromage, adafactor). Default 4096. See docs/flat-modules.md.")
 @click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Flat layout: the most rows (of rank >= 2 tensors) for centralize. Default 1048576.")
 @click.option("--freeze", "freeze", multiple=True, metavar="PATTERN", help="Leaves whose names match get zero updates and no optimizer state (repeatable; e.g. 'embed/*'). Needs a layout file.")
-def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, cuda_arch, vulkan_target, save_temps, extra, no_cache, max_segments, max_rows, freeze):
+def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_triple, cuda_arch, vulkan_target, save_temps, extra, no_cache, max_segments, max_rows, freeze):
     """Compile optimizer NAME to an IREE module exporting init, update and step.
 
     OPTIONS are KEY=VALUE pairs (see `polaris list`); a learning rate may be a schedule,
@@ -113,9 +115,11 @@ def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, c
     t0 = time.perf_counter()
     from polaris_compiler import cache
 
+    if size is not None and layout is not None:
+        raise UsageFailure("--size fixes the length of the flat layout; a --layout file already fixes every shape: pass one or the other")
     key = None
     if not (no_cache or save_temps) and cache.enabled():
-        key = _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, (*extra, *(f"freeze={f}" for f in freeze)), max_segments, max_rows)
+        key = _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, (*extra, *(f"freeze={f}" for f in freeze)), max_segments, max_rows, size)
         hit = cache.get(key) if key else None
         if hit is not None:
             data, info = hit
@@ -155,7 +159,7 @@ def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, c
     record = None
     try:
         tx = None if grouped else spec.build(**opts)
-        lay = Layout.flat(dtype) if layout is None else Layout.from_file(layout)
+        lay = Layout.flat(dtype, size) if layout is None else Layout.from_file(layout)
         if grouped and not lay.groups:
             raise UsageFailure(f"layout file {layout!r} has no \"groups\" list (docs/parameter-groups.md)")
         if grouped or freeze or lay.freeze or lay.groups:
@@ -186,7 +190,7 @@ def compile_cmd(name, options, target, layout, dtype, output, cpu, cpu_triple, c
         raise UsageFailure(str(e)) from None
     except PolarisError as e:
         raise UsageFailure(str(e)) from None
-    default = default_output(name, opts, {} if grouped else spec.defaults(), layout, dtype, "+".join(t.value for t in copts.targets))
+    default = default_output(name, opts, {} if grouped else spec.defaults(), layout, dtype, "+".join(t.value for t in copts.targets), size)
     path = art.save(output or default)
     if key:
         cache.put(key, art.vmfb, {"output": default, "optimizer": name, "seconds": art.seconds})

@@ -55,7 +55,10 @@ def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) 
         click.echo(m.to_json(indent=2))
         return
     click.secho(f"{module}", bold=True)
-    click.echo(f"  {m.kind}: {m.name}  (schema v{m.schema_version}, layout {m.layout})")
+    layout = m.layout
+    if layout == "flat" and m.params and all(isinstance(d, int) for d in m.params[0].shape):
+        layout = f"flat, exactly {m.params[0].shape[0]} elements"
+    click.echo(f"  {m.kind}: {m.name}  (schema v{m.schema_version}, layout {layout})")
     if m.options:
         click.echo("  options: " + ", ".join(f"{k}={v}" for k, v in m.options.items()))
     if m.composition:
