@@ -360,8 +360,15 @@ def main(argv=None) -> int:
             C.say(f"  {key:13s} {C.fmt_size(n):5s} " + " | ".join(f"{k} {C.fmt_time(t.median)}" for k, t in timers.items()))
             timers.clear()
             _free()
+            _report(args, info, index, opts, floor, on_gpu, results)
     info["finished"] = C.now()
+    print(_report(args, info, index, opts, floor, on_gpu, results))
+    return 0
 
+
+def _report(args, info, index, opts, floor, on_gpu, results) -> pathlib.Path:
+    """Writes the .md and .json of the results so far (after every group: a run cut short by a
+    time limit keeps what it measured)."""
     rows = []
     for r in results:
         if "error" in r:
@@ -385,8 +392,7 @@ def main(argv=None) -> int:
     stem = f"{C.today()}-{slug}-gpu{'' if on_gpu else '-dryrun'}"
     (args.out / f"{stem}.md").write_text("\n".join(md))
     C.write_json(args.out / f"{stem}.json", {"info": info, "results": results})
-    print(args.out / f"{stem}.md")
-    return 0
+    return args.out / f"{stem}.md"
 
 
 if __name__ == "__main__":
