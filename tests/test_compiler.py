@@ -110,6 +110,18 @@ def test_a_fixed_size_flat_step_is_recorded_once(modules):
     assert step.count("@hal.fence.await") == 1
 
 
+@pytest.mark.parametrize("target", ["cuda", "vulkan"])
+def test_gpu_steps_submit_once_and_replay_when_fixed(modules, target):
+    """The same on the GPU targets (compiled here, no device needed): one submission and one
+    wait per step, and a fixed-size flat module replays its recorded command buffer."""
+    any_length = _vm_function(modules.artifact("adam", dict(learning_rate=0.1), target=target), "step")
+    fixed = _vm_function(modules.artifact("adam", dict(learning_rate=0.1), Layout.flat(size=1000), target=target), "step")
+    for step in (any_length, fixed):
+        assert step.count("@hal.fence.await") == 1
+        assert step.count("@hal.device.queue.execute") == 1
+    assert "@hal.command_buffer.create" in any_length and "@hal.command_buffer.create" not in fixed
+
+
 @pytest.mark.parametrize("size", [0, -3, 2.5, True, "10"])
 def test_a_flat_size_must_be_a_positive_integer(size):
     with pytest.raises(LayoutError, match="size must be a positive integer"):
