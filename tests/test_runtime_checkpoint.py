@@ -268,3 +268,20 @@ def test_a_checkpoint_resumes_on_another_build_of_the_same_optimizer(modules, ad
         p2, s2 = generic.step(p2, grads(i), s2)
     assert generic.step_count(s2) == 10
     np.testing.assert_allclose(p2.numpy(), p.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_flat_checkpoints_move_between_any_length_and_fixed_size_modules(modules, adam, saved, tmp_path):
+    """A flat checkpoint restores into the same optimizer compiled with ``--size`` for exactly its
+    length, and back; another length is refused naming the shapes."""
+    fixed = modules.load("adam", dict(learning_rate=0.1), Layout.flat(size=N))
+    s, p = fixed.restore_checkpoint(saved)
+    assert fixed.step_count(s) == 1
+    for i in range(1, 4):
+        p, s = fixed.step(p, grads(i), s)
+    fixed.save_checkpoint(tmp_path / "fixed.safetensors", s, p)
+    s2, p2 = adam.restore_checkpoint(tmp_path / "fixed.safetensors")
+    leaves_equal(p2.leaves(), p.leaves())
+    leaves_equal(s2.leaves(), s.leaves())
+    shorter = modules.load("adam", dict(learning_rate=0.1), Layout.flat(size=N - 1))
+    with pytest.raises(pr.CheckpointError, match=rf"does not belong to this module .*\({N},\)"):
+        shorter.restore_checkpoint(saved)

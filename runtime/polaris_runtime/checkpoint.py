@@ -294,7 +294,10 @@ def differences(meta: dict, m: Manifest, strict: bool = False) -> list[str]:
         diffs.append(f"composition: checkpoint {rec.get('composition')}, module {here['composition']}")
     if rec.get("layout") != here["layout"]:
         diffs.append(f"layout: checkpoint {rec.get('layout')!r}, module {here['layout']!r}")
-    if rec.get("params_layout") != here["params_layout"]:
+    # Flat modules of any length and of a fixed length (``--size``) share checkpoints: the saved
+    # arrays' shapes are checked against the module's below, leaf by leaf.
+    both_flat = rec.get("layout") == here["layout"] == "flat"
+    if not both_flat and rec.get("params_layout") != here["params_layout"]:
         diffs.append("parameter layout: checkpoint "
                      + _describe(rec.get("params_layout") or []) + ", module " + _describe(here["params_layout"]))
     for group, specs in (("state", m.state), ("params", m.params)):
