@@ -278,12 +278,16 @@ class Module:
     def functions(self) -> list[str]:
         return list(self._functions)
 
+    @property
+    def _built_for(self) -> str:
+        """The GPU target the module was compiled for (``--vulkan-target``/arch), or ``""``."""
+        return self.manifest.target.get("vulkan_target") or self.manifest.target.get("arch") or ""
+
     def _limited_vulkan(self) -> str | None:
         """The device family, where this module runs on Vulkan with 65535 workgroups per dimension."""
         if not self.driver.startswith("vulkan"):
             return None
-        built_for = self.manifest.target.get("vulkan_target") or self.manifest.target.get("arch") or ""
-        family = dev._family_of_target(built_for)
+        family = dev._family_of_target(self._built_for)
         return family if family in VULKAN_65535_FAMILIES else None
 
     def _check_reduction_limit(self, fname: str, dims: dict[str, int]) -> None:
@@ -746,10 +750,9 @@ class Optimizer(Module):
         report the same limit) silently sum only part of a longer vector. Refuse instead."""
         family = self._limited_vulkan()
         if family is not None and n > VULKAN_SCATTER_LIMIT:
-            built_for = self.manifest.target.get("vulkan_target") or self.manifest.target.get("arch") or ""
             raise BindingError(
                 f"{fname}(): this module's per-tensor reductions cannot cover {n} elements on a "
-                f"Vulkan {family} device ({built_for}): it runs at most {VULKAN_SCATTER_LIMIT} "
+                f"Vulkan {family} device ({self._built_for}): it runs at most {VULKAN_SCATTER_LIMIT} "
                 f"workgroups per dimension and IREE 3.13 spends one per element on a segment sum. "
                 f"Use at most {VULKAN_SCATTER_LIMIT} elements per module here, a tree-layout module "
                 f"compiled for the model (polaris compile ... --layout), or the llvm-cpu target"
