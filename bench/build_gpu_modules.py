@@ -10,7 +10,8 @@ Run it here (it needs the compiler and JAX, not a GPU), copy the folder to the G
 Writes ``<optimizer>-flat-<target>.vmfb`` for adam, adamw, sgd_momentum, lion and lamb (options
 as in ``bench/_common.POLARIS``), fixed-length flat modules (``--size``: static shapes, a command
 buffer recorded once and replayed) of the ``--fixed`` optimizers at each ``--fixed-sizes`` size,
-and ``index.json`` describing them.
+a GPT-2 small tree module (148 tensors; ``--gpt2``) of the ``--tree`` optimizers, and
+``index.json`` describing them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--optimizers", type=C.parse_optimizers, default=list(C.OPTIMIZERS))
     ap.add_argument("--fixed", type=C.parse_optimizers, default=["adam"], help="optimizers that also get fixed-length modules")
     ap.add_argument("--fixed-sizes", type=C.parse_sizes, default=[10**6, 10**7, 10**8])
+    ap.add_argument("--tree", type=C.parse_optimizers, default=["adam"], help="optimizers that also get a GPT-2 tree module")
+    ap.add_argument("--gpt2", choices=["full", "quarter", "none"], default="full", help="the tree module's shapes: GPT-2 small's 148 tensors, full size (124M) or every dim /4")
     args = ap.parse_args(argv)
 
     from polaris._src import registry
@@ -62,6 +65,17 @@ def main(argv=None) -> int:
                 fixed[str(n)] = fname_n = f"{key}-flat{n}-{tgt.value}.vmfb"
                 art.save(args.folder / fname_n)
                 C.say(f"  {fname_n}: {len(art.vmfb) / 1024:.0f} KiB")
+        if key in args.tree and args.gpt2 != "none":  # the many-tensor layout: one module, 148 tensors
+            import jax
+            import numpy as np
+
+            div = 1 if args.gpt2 == "full" else 4
+            sds = C.map_shapes(lambda s: jax.ShapeDtypeStruct(s, np.float32), C.gpt2_shapes(div))
+            art = compile_optimizer(spec.build(**options), Layout.from_tree(sds, source="gpt2"), opts, name=name, optimizer_options={**spec.defaults(), **options})
+            fname_t = f"{key}-gpt2{'' if div == 1 else f'-div{div}'}-tree-{tgt.value}.vmfb"
+            art.save(args.folder / fname_t)
+            index["modules"][key]["gpt2"] = {"file": fname_t, "div": div}
+            C.say(f"  {fname_t}: {len(art.vmfb) / 1024:.0f} KiB")
     (args.folder / "index.json").write_text(json.dumps(index, indent=2) + "\n")
     print(args.folder / "index.json")
     return 0

@@ -70,8 +70,8 @@ def polaris_peer(path, device, p, g) -> C.Timer:
     kw = {}
     if getattr(opt, "takes_segments", False):  # flat LAMB: one tensor, all ids 0
         kw["segments"] = opt.upload_segments({"segment_ids": np.zeros(p.size, np.int32)})
-    state = opt.init(p)
-    gd = [dev.upload(opt.device, g)]
+    state = opt.init(p)  # p: a flat array, or a dict tree for a tree module (g: its leaves in order)
+    gd = [dev.upload(opt.device, x) for x in (g if isinstance(g, list) else [g])]
     params, state = opt.step(p, gd, state, **kw)
     box = {"p": params, "s": state}
     leaf = _smallest_state_leaf(opt)
@@ -127,16 +127,21 @@ TORCH_OPTS = {
 
 
 def torch_peer(opt_key, mode, p, g) -> C.Timer:
+    """``p``, ``g``: one array each, or lists of arrays (one torch Parameter per tensor)."""
     import torch
 
     cls_name, kw = TORCH_OPTS[opt_key]
-    param = torch.nn.Parameter(torch.from_numpy(p).to("cuda"))
-    param.grad = torch.from_numpy(g).to("cuda")
-    opt = getattr(torch.optim, cls_name)([param], **kw, **{mode: True})
+    ps, gs = (p, g) if isinstance(p, list) else ([p], [g])
+    params = []
+    for a, b in zip(ps, gs):
+        param = torch.nn.Parameter(torch.from_numpy(a).to("cuda"))
+        param.grad = torch.from_numpy(b).to("cuda")
+        params.append(param)
+    opt = getattr(torch.optim, cls_name)(params, **kw, **{mode: True})
     opt.step()  # creates the state (and checks that this torch offers `mode` here)
     torch.cuda.synchronize()
     t = C.Timer(opt.step, torch.cuda.synchronize)
-    t.keep = (param, opt)
+    t.keep = (params, opt)
     return t
 
 
@@ -198,8 +203,8 @@ def jax_peer(opt_key, device_kind, p, g):
         return apply(p, u), s
 
     step_fn = jax.jit(f, donate_argnums=(0, 2))
-    pj = jax.device_put(p, d) * 1.0  # a buffer XLA owns (donatable)
-    gj = jax.device_put(g, d)
+    pj = jax.tree.map(lambda a: jax.device_put(a, d) * 1.0, p)  # buffers XLA owns (donatable)
+    gj = jax.tree.map(lambda a: jax.device_put(a, d), g)
     box = {"p": pj, "s": jax.jit(init)(pj)}
 
     def step():
@@ -209,6 +214,72 @@ def jax_peer(opt_key, device_kind, p, g):
     t.keep = (box, gj)
     t.label = label
     return t
+
+
+def measure(args, info, index, opts, floor, on_gpu, results, key, n, layout, make) -> None:
+    """Builds the peers of one group, samples them round-robin, appends a row each to ``results``
+    and rewrites the report (a run cut short by a time limit keeps what it measured)."""
+    timers = {}
+    for name, mk in make.items():
+        try:
+            t = mk()
+            timers[getattr(t, "label", name) if name == "jax" else name] = t
+        except Exception as e:  # report and go on: one peer's failure is a result too
+            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            C.say(f"  {key} {C.fmt_size(n)} {name}: FAILED {msg}")
+            results.append({"optimizer": key, "layout": layout, "params": n, "peer": name, "error": msg, "trace": traceback.format_exc()[-2000:]})
+    if not timers:
+        return
+    try:
+        C.run_interleaved(timers, args.repeats if n < 5 * 10**7 else max(3, args.repeats // 3), 5, args.target_s)
+    except Exception as e:
+        msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        C.say(f"  {key} {C.fmt_size(n)}: timing FAILED {msg}")
+        results.append({"optimizer": key, "layout": layout, "params": n, "peer": "*", "error": msg, "trace": traceback.format_exc()[-2000:]})
+        timers.clear()
+        _free()
+        return
+    nbytes = C.BYTES_PER_PARAM[key] * n
+    best = min(t.median for t in timers.values())
+    ref = timers.get("torch fused")
+    for name, t in timers.items():
+        q1, q3 = t.spread
+        results.append({"optimizer": key, "layout": layout, "params": n, "peer": name, "step_s": t.median, "q1_s": q1, "q3_s": q3,
+                        "steps_per_sample": t.n, "samples": len(t.samples), "bytes": nbytes, "gbs": nbytes / t.median / 1e9,
+                        "x_floor": t.median / (nbytes / (floor * 1e9)) if floor == floor else float("nan"),
+                        "x_best": t.median / best, "x_torch_fused": t.median / ref.median if ref else float("nan")})
+    C.say(f"  {key:13s} {C.fmt_size(n):5s} {layout} " + " | ".join(f"{k} {C.fmt_time(t.median)}" for k, t in timers.items()))
+    timers.clear()
+    _free()
+    _report(args, info, index, opts, floor, on_gpu, results)
+
+
+def gpt2_group(args, info, index, opts, floor, on_gpu, results, key, flat_path, tree, peers, have_torch_cuda) -> None:
+    """The many-tensor layout: GPT-2 small's 148 tensors as one tree module, against the same
+    parameters as one flat module, torch with one Parameter per tensor and jax.jit(optax) on the
+    tree."""
+    shapes = C.gpt2_shapes(tree["div"])
+    rng = np.random.default_rng(1)
+    host_p = C.map_shapes(lambda s: rng.standard_normal(s, dtype=np.float32) * np.float32(0.02), shapes)
+    host_g = C.map_shapes(lambda s: rng.standard_normal(s, dtype=np.float32) * np.float32(1e-3), shapes)
+    p_leaves = list(pr.flatten_names(host_p).values())
+    g_leaves = list(pr.flatten_names(host_g).values())
+    n = sum(a.size for a in p_leaves)
+    tree_path = args.modules / tree["file"]
+    make = {}
+    if "polaris" in peers:
+        make["polaris tree"] = lambda: polaris_peer(tree_path, args.device, host_p, g_leaves)
+        make["polaris flat"] = lambda: polaris_peer(flat_path, args.device, np.concatenate([a.ravel() for a in p_leaves]),
+                                                    np.concatenate([a.ravel() for a in g_leaves]))
+    if have_torch_cuda and on_gpu and key in TORCH_OPTS:
+        if "torch-fused" in peers:
+            make["torch fused"] = lambda: torch_peer(key, "fused", p_leaves, g_leaves)
+        if "torch-foreach" in peers:
+            make["torch foreach"] = lambda: torch_peer(key, "foreach", p_leaves, g_leaves)
+    if "jax" in peers:
+        make["jax"] = lambda: jax_peer(key, "gpu" if on_gpu else "cpu", host_p, host_g)
+    label = f"gpt2{'' if tree['div'] == 1 else '/' + str(tree['div'])} tree ({len(p_leaves)} tensors)"
+    measure(args, info, index, opts, floor, on_gpu, results, key, n, label, make)
 
 
 # -- device facts -------------------------------------------------------------------------------
@@ -272,7 +343,8 @@ def main(argv=None) -> int:
     ap.add_argument("--optimizers", type=C.parse_optimizers, default=None)
     ap.add_argument("--repeats", type=int, default=15, help="samples per peer (a third at 1e8)")
     ap.add_argument("--target-s", type=float, default=0.05, help="wall time of one sample")
-    ap.add_argument("--peers", default="polaris,polaris-fixed,iree-bare,torch-fused,torch-foreach,jax")
+    ap.add_argument("--peers", default="polaris,polaris-fixed,iree-bare,torch-fused,torch-foreach,jax,gpt2",
+                    help="peers, and gpt2 for the many-tensor group of optimizers that have a GPT-2 tree module")
     args = ap.parse_args(argv)
 
     index = json.loads((args.modules / "index.json").read_text())
@@ -327,40 +399,11 @@ def main(argv=None) -> int:
                     make["torch foreach"] = lambda: torch_peer(key, "foreach", p, g)
             if "jax" in peers:
                 make["jax"] = lambda: jax_peer(key, "gpu" if on_gpu else "cpu", p, g)
-            timers = {}
-            for name, mk in make.items():
-                try:
-                    t = mk()
-                    timers[getattr(t, "label", name) if name == "jax" else name] = t
-                except Exception as e:  # report and go on: one peer's failure is a result too
-                    msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-                    C.say(f"  {key} {C.fmt_size(n)} {name}: FAILED {msg}")
-                    results.append({"optimizer": key, "params": n, "peer": name, "error": msg, "trace": traceback.format_exc()[-2000:]})
+            measure(args, info, index, opts, floor, on_gpu, results, key, n, "flat", make)
             del p, g
-            if not timers:
-                continue
-            try:
-                C.run_interleaved(timers, args.repeats if n < 5 * 10**7 else max(3, args.repeats // 3), 5, args.target_s)
-            except Exception as e:
-                msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-                C.say(f"  {key} {C.fmt_size(n)}: timing FAILED {msg}")
-                results.append({"optimizer": key, "params": n, "peer": "*", "error": msg, "trace": traceback.format_exc()[-2000:]})
-                timers.clear()
-                _free()
-                continue
-            nbytes = C.BYTES_PER_PARAM[key] * n
-            best = min(t.median for t in timers.values())
-            ref = timers.get("torch fused")
-            for name, t in timers.items():
-                q1, q3 = t.spread
-                results.append({"optimizer": key, "params": n, "peer": name, "step_s": t.median, "q1_s": q1, "q3_s": q3,
-                                "steps_per_sample": t.n, "samples": len(t.samples), "bytes": nbytes, "gbs": nbytes / t.median / 1e9,
-                                "x_floor": t.median / (nbytes / (floor * 1e9)) if floor == floor else float("nan"),
-                                "x_best": t.median / best, "x_torch_fused": t.median / ref.median if ref else float("nan")})
-            C.say(f"  {key:13s} {C.fmt_size(n):5s} " + " | ".join(f"{k} {C.fmt_time(t.median)}" for k, t in timers.items()))
-            timers.clear()
-            _free()
-            _report(args, info, index, opts, floor, on_gpu, results)
+        tree = index["modules"][key].get("gpt2")
+        if tree and "gpt2" in peers:
+            gpt2_group(args, info, index, opts, floor, on_gpu, results, key, path, tree, peers, have_torch_cuda)
     info["finished"] = C.now()
     print(_report(args, info, index, opts, floor, on_gpu, results))
     return 0
@@ -372,9 +415,9 @@ def _report(args, info, index, opts, floor, on_gpu, results) -> pathlib.Path:
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([r["optimizer"], C.fmt_size(r["params"]), r["peer"], "error", "", "", "", "", "", r["error"][:80]])
+            rows.append([r["optimizer"], r.get("layout", "flat"), C.fmt_size(r["params"]), r["peer"], "error", "", "", "", "", "", r["error"][:80]])
         else:
-            rows.append([r["optimizer"], C.fmt_size(r["params"]), r["peer"], C.fmt_time(r["step_s"]),
+            rows.append([r["optimizer"], r.get("layout", "flat"), C.fmt_size(r["params"]), r["peer"], C.fmt_time(r["step_s"]),
                          f"[{C.fmt_time(r['q1_s'])}, {C.fmt_time(r['q3_s'])}]", f"{r['gbs']:.0f}", f"{r['x_floor']:.2f}",
                          f"{r['x_best']:.2f}", f"{r['x_torch_fused']:.2f}" if r["x_torch_fused"] == r["x_torch_fused"] else "-", ""])
     v = info["versions"]
@@ -386,7 +429,7 @@ def _report(args, info, index, opts, floor, on_gpu, results) -> pathlib.Path:
           "- bytes per parameter: " + "; ".join(f"{k} {C.BYTES_PER_PARAM[k]} B" for k in opts),
           "- step: median per-step time of N steps + one device sync; x floor = step / (bytes / copy bandwidth)",
           *[f"- note: {x}" for x in info["notes"]], "",
-          C.md_table(["optimizer", "params", "peer", "step", "IQR", "GB/s", "x floor", "x best", "x torch fused", "error"], rows), ""]
+          C.md_table(["optimizer", "layout", "params", "peer", "step", "IQR", "GB/s", "x floor", "x best", "x torch fused", "error"], rows), ""]
     args.out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", str(info["gpu"]).lower()).strip("-")[:40] if on_gpu else C.device_slug()
     stem = f"{C.today()}-{slug}-gpu{'' if on_gpu else '-dryrun'}"
