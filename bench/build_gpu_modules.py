@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--optimizers", type=C.parse_optimizers, default=list(C.OPTIMIZERS))
     ap.add_argument("--fixed", type=C.parse_optimizers, default=["adam"], help="optimizers that also get fixed-length modules")
     ap.add_argument("--fixed-sizes", type=C.parse_sizes, default=[10**6, 10**7, 10**8])
+    ap.add_argument("--no-async", dest="async_fixed", action="store_false",
+                    help="skip the fixed-length modules built with IREE's async-external execution model (bench/gpu_async.py)")
     ap.add_argument("--tree", type=C.parse_optimizers, default=["adam"], help="optimizers that also get a GPT-2 tree module")
     ap.add_argument("--gpt2", choices=["full", "quarter", "none"], default="full", help="the tree module's shapes: GPT-2 small's 148 tensors, full size (124M) or every dim /4")
     args = ap.parse_args(argv)
@@ -65,6 +67,11 @@ def main(argv=None) -> int:
                 fixed[str(n)] = fname_n = f"{key}-flat{n}-{tgt.value}.vmfb"
                 art.save(args.folder / fname_n)
                 C.say(f"  {fname_n}: {len(art.vmfb) / 1024:.0f} KiB")
+                if args.async_fixed:  # the same step with coarse fences: the caller orders, nobody waits
+                    aopts = CompileOptions(target=tgt, cuda_arch=args.cuda_arch, extra_args=("--iree-execution-model=async-external",))
+                    art = compile_optimizer(spec.build(**options), Layout.flat(size=n), aopts, name=name, optimizer_options={**spec.defaults(), **options})
+                    index["modules"][key].setdefault("fixed_async", {})[str(n)] = fname_a = f"{key}-flat{n}-async-{tgt.value}.vmfb"
+                    art.save(args.folder / fname_a)
         if key in args.tree and args.gpt2 != "none":  # the many-tensor layout: one module, 148 tensors
             import jax
             import numpy as np
