@@ -7,6 +7,9 @@ Peers, each timed with its state and parameters resident where it computes:
 * ``polaris-fixed`` (flat sizes): the same, with the module compiled for exactly that many
   elements (``polaris compile --size N``: static shapes, so IREE records the step once and
   replays it);
+* ``polaris-async``: the same step compiled with ``--async`` (IREE's async-external model: a call
+  returns once its work is queued, calls chained on a semaphore) on ``local-task``, whose worker
+  threads then run one step while Python issues the next;
 * ``iree-bare``: the same ``.vmfb``'s ``step`` called through IREE's own ``FunctionInvoker`` on the
   same device, with no polaris binding or validation (what the runtime adds is the difference);
 * ``optax``: ``jax.jit`` of the Optax twin, parameters and state donated;
@@ -57,7 +60,8 @@ from _numpy_peer import NumpyStep  # noqa: E402
 from polaris_runtime import device as pr_device  # noqa: E402
 
 CACHE = C.REPO / ".cache" / "bench"
-PEERS = ("polaris", "polaris-fixed", "iree-bare", "optax", "numpy")
+PEERS = ("polaris", "polaris-fixed", "polaris-async", "iree-bare", "optax", "numpy")
+ASYNC = ("--iree-execution-model=async-external",)  # what `polaris compile --async` adds
 
 
 # -- modules ------------------------------------------------------------------------------------
@@ -262,6 +266,7 @@ def run_suite(args) -> dict:
                 "polaris": lambda: polaris_peer(flat, p, [g], driver),
                 # the same step compiled for exactly n elements (polaris compile --size n)
                 "polaris-fixed": lambda: polaris_peer(compiled_module(opt, "flat", None, size=n), p, [g], driver),
+                "polaris-async": lambda: polaris_peer(compiled_module(opt, "flat", None, extra=ASYNC), p, [g], "local-task"),
                 "iree-bare": lambda: bare_peer(flat, [p], [g], driver),
                 "optax": lambda: optax_peer(opt, p, g),
                 "numpy": lambda: numpy_peer(opt, [p], [g]),
@@ -285,6 +290,7 @@ def run_suite(args) -> dict:
             reps = max(3, args.repeats // 3)
             make = {
                 "polaris": lambda: polaris_peer(tree_mod, host_p, g_leaves, driver),
+                "polaris-async": lambda: polaris_peer(compiled_module(opt, "tree", shapes, extra=ASYNC), host_p, g_leaves, "local-task"),
                 "iree-bare": lambda: bare_peer(tree_mod, p_leaves, g_leaves, driver),
                 "optax": lambda: optax_peer(opt, host_p, host_g),
                 "numpy": lambda: numpy_peer(opt, p_leaves, g_leaves),
@@ -337,7 +343,7 @@ def targets(results: list[dict]) -> list[dict]:
             goal = 1.0
         else:
             continue
-        for peer in ("polaris", "polaris-fixed"):
+        for peer in ("polaris", "polaris-fixed", "polaris-async"):
             r = ratio("adam", layout, peer)
             if r is not None:
                 out.append({"what": f"adam {layout}: {peer} / optax", "goal": goal, "ratio": r, "met": r <= goal})
@@ -390,7 +396,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
     results = [r for r in data["results"] if "step_s" in r]
     opts = list(dict.fromkeys(r["optimizer"] for r in results))
     floor = data["info"]["copy_bandwidth"]["floor_gbs"]
-    colors = {"polaris": "C0", "polaris-fixed": "C4", "iree-bare": "C9", "optax": "C1", "numpy": "C2"}
+    colors = {"polaris": "C0", "polaris-fixed": "C4", "polaris-async": "C3", "iree-bare": "C9", "optax": "C1", "numpy": "C2"}
     many = [r for r in results if "gpt2" in r["layout"]]
     ncols = len(opts) + (1 if many else 0)
     fig, axes = plt.subplots(1, ncols, figsize=(3.4 * ncols, 3.6), squeeze=False)

@@ -155,6 +155,7 @@ def test_compile_gpu_targets(runner, tmp_path, target, arch_flag):
     assert r.exit_code == 0, r.output
     m = json.loads(run(runner, "inspect", str(out), "--json").output)
     assert m["target"]["name"] == target and arch_flag in m["target"]["flags"]
+    assert f"note: {target}: a flat module of any length runs 2-3x slower" in r.stderr and "--size N" in r.stderr
 
 
 def test_cuda_hopper_name_falls_back_with_a_note(runner, tmp_path):

@@ -34,6 +34,19 @@ def test_build_flags_is_pure_and_names_the_target():
     assert build_flags(CompileOptions(extra_args=("--x",)))[-1] == "--x"
 
 
+def test_layout_notes_steer_gpu_flat_modules_to_a_fixed_length():
+    from polaris_compiler.options import layout_notes
+
+    cuda, cpu = CompileOptions(target=Target.CUDA), CompileOptions()
+    (note,) = layout_notes(cuda, "flat", None)
+    assert note.startswith("cuda: a flat module of any length") and "--size N" in note
+    assert layout_notes(cuda, "flat", 10**6) == []  # fixed length: the fast kernel
+    assert layout_notes(cuda, "tree", None) == []  # static shapes already
+    assert layout_notes(cpu, "flat", None) == []  # the CPU vectorises an unknown length
+    both = CompileOptions(target=Target.LLVM_CPU, extra_targets=(Target.CUDA, Target.VULKAN))
+    assert layout_notes(both, "flat", None)[0].startswith("cuda/vulkan:")
+
+
 def test_target_parse_lists_valid_targets():
     assert Target.parse("CPU") is Target.LLVM_CPU
     assert Target.parse("vulkan-spirv") is Target.VULKAN

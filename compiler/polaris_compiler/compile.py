@@ -37,7 +37,7 @@ from polaris_compiler.errors import CompileError, LayoutError
 from polaris_compiler.export import export_text, manifest_reflection, merge_modules
 from polaris_compiler.hazards import anchored
 from polaris_compiler.layout import Layout
-from polaris_compiler.options import CompileOptions, Target, build_flags
+from polaris_compiler.options import CompileOptions, Target, build_flags, layout_notes
 
 
 @dataclasses.dataclass
@@ -208,7 +208,9 @@ def compile_optimizer(
             raise ValueError(f"compile_optimizer: record may not replace the manifest field {key!r}")
         manifest[key] = value
     _add_learning_rate_export(tx, s_def, s_leaves, hps, parts, manifest)
-    return _finish(parts, manifest, options, flags, t0, aliases)
+    art = _finish(parts, manifest, options, flags, t0, aliases)
+    art.notes.extend(layout_notes(options, layout.kind, layout.size))
+    return art
 
 
 # -- segments: the tensor boundaries of a packed model, for flat layouts ----------------------
@@ -371,6 +373,8 @@ def _target_record(options: CompileOptions, flags: list[str]) -> dict:
             rec["rocm_arch"] = o.rocm_arch
     if len(o.targets) == 1 and o.target.value in ("cuda", "vulkan", "rocm"):
         rec["arch"] = {"cuda": o.cuda_arch, "vulkan": o.vulkan_target, "rocm": o.rocm_arch}[o.target.value]
+    if o.asynchronous:
+        rec["execution"] = "async"  # every export takes (wait fence, signal fence) last
     notes = options.notes()
     if notes:
         rec["notes"] = notes

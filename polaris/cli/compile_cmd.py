@@ -41,7 +41,7 @@ def default_output(name: str, options: dict, defaults: dict, layout, dtype: str,
     return "-".join(parts) + ".vmfb"
 
 
-def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra, max_segments=None, max_rows=None, size=None) -> str | None:
+def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra, max_segments=None, max_rows=None, size=None, asynchronous=False) -> str | None:
     from polaris_compiler import cache
 
     try:
@@ -64,6 +64,7 @@ def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch,
             # only when set, so default requests keep their keys
             **({"max_segments": max_segments} if max_segments is not None else {}),
             **({"max_rows": max_rows} if max_rows is not None else {}),
+            **({"async": True} if asynchronous else {}),
         }
     )
 
@@ -97,12 +98,13 @@ def _say(msg: str) -> None:
 @click.option("--cuda-arch", default="sm_80", show_default=True, help="cuda: GPU architecture (PTX runs on newer GPUs).")
 @click.option("--vulkan-target", default="ampere", show_default=True, help="vulkan: target GPU family (ampere, rdna3, valhall, adreno, ...).")
 @click.option("--save-temps", type=click.Path(file_okay=False), default=None, help="Keep the .mlir, flags and manifest in this folder (also POLARIS_SAVE_TEMPS).")
+@click.option("--async", "asynchronous", is_flag=True, help="IREE's async-external model: calls return once their work is queued and the runtime chains them (faster on multi-core CPUs from ~1e5 parameters; docs/runtime.md). Default output NAME-...-TARGET-async.vmfb.")
 @click.option("--iree-flag", "extra", multiple=True, help="Extra flag passed to iree-compile (repeatable).")
 @click.option("--no-cache", is_flag=True, help="Compile even if the compile cache holds this module (also POLARIS_NO_CACHE=1).")
 @click.option("--max-segments", type=click.IntRange(min=1), default=None, help="Flat layout: the most tensors the module serves when its transforms reduce per tensor (lamb, lars, fromage, adafactor). Default 4096. See docs/flat-modules.md.")
 @click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Flat layout: the most rows (of rank >= 2 tensors) for centralize. Default 1048576.")
 @click.option("--freeze", "freeze", multiple=True, metavar="PATTERN", help="Leaves whose names match get zero updates and no optimizer state (repeatable; e.g. 'embed/*'). Needs a layout file.")
-def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_triple, cuda_arch, vulkan_target, save_temps, extra, no_cache, max_segments, max_rows, freeze):
+def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_triple, cuda_arch, vulkan_target, save_temps, asynchronous, extra, no_cache, max_segments, max_rows, freeze):
     """Compile optimizer NAME to an IREE module exporting init, update and step.
 
     OPTIONS are KEY=VALUE pairs (see `polaris list`); a learning rate may be a schedule,
@@ -119,7 +121,7 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
         raise UsageFailure("--size fixes the length of the flat layout; a --layout file already fixes every shape: pass one or the other")
     key = None
     if not (no_cache or save_temps) and cache.enabled():
-        key = _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, (*extra, *(f"freeze={f}" for f in freeze)), max_segments, max_rows, size)
+        key = _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, (*extra, *(f"freeze={f}" for f in freeze)), max_segments, max_rows, size, asynchronous)
         hit = cache.get(key) if key else None
         if hit is not None:
             data, info = hit
@@ -177,8 +179,11 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
         vulkan_target=vulkan_target,
         extra_args=tuple(extra),
         save_temps=save_temps,
+        asynchronous=asynchronous,
     )
-    for note in copts.notes():
+    from polaris_compiler.options import layout_notes
+
+    for note in [*copts.notes(), *layout_notes(copts, lay.kind, lay.size)]:
         _say(f"note: {note}")
     full = {} if grouped else {**spec.defaults(), **opts}
     where = ",".join(t.value for t in copts.targets)
@@ -190,7 +195,7 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
         raise UsageFailure(str(e)) from None
     except PolarisError as e:
         raise UsageFailure(str(e)) from None
-    default = default_output(name, opts, {} if grouped else spec.defaults(), layout, dtype, "+".join(t.value for t in copts.targets), size)
+    default = default_output(name, opts, {} if grouped else spec.defaults(), layout, dtype, "+".join(t.value for t in copts.targets) + ("-async" if asynchronous else ""), size)
     path = art.save(output or default)
     if key:
         cache.put(key, art.vmfb, {"output": default, "optimizer": name, "seconds": art.seconds})

@@ -76,6 +76,11 @@ def c_header(manifest: Manifest, prefix: str = "polaris", source: str | None = N
     w(" * same symbol must have the same length at run time.")
     if m.functions.get("step", None) is not None and m.functions["step"].donates:
         w(" * Donated groups are written in place: the result buffers alias those arguments.")
+    asynchronous = m.target.get("execution") == "async"
+    if asynchronous:
+        w(" * ASYNC (compiled with --async): every function takes two more arguments after those listed,")
+        w(" * a wait fence and a signal fence (iree_hal_fence_t*), and returns once its work is queued;")
+        w(" * wait on the signal fence before reading a result on the host.")
     w(" */")
     guard = f"{P}_MODULE_H_"
     w(f"#ifndef {guard}")
@@ -90,6 +95,7 @@ def c_header(manifest: Manifest, prefix: str = "polaris", source: str | None = N
     w(f"#define {P}_MODULE_SCHEMA_VERSION {int(m.schema_version)}")
     w(f"#define {P}_MANIFEST_SHA256 {_c_string(digest)}")
     w(f"#define {P}_NUM_FUNCTIONS {len(m.functions)}")
+    w(f"#define {P}_ASYNC {1 if asynchronous else 0}  /* 1: each function also takes (wait fence, signal fence) */")
     w("")
     symbols: dict[str, list[str]] = {}
     for fname, f in m.functions.items():

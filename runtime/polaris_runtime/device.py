@@ -57,13 +57,19 @@ def default_cpu_driver() -> str:
     return "local-sync" if (os.cpu_count() or 1) <= 2 else "local-task"
 
 
-def pick_driver(targets: list[str], requested: str | None) -> str:
-    """The driver to use for a module compiled for ``targets``; checks ``requested`` against them."""
+def pick_driver(targets: list[str], requested: str | None, asynchronous: bool = False) -> str:
+    """The driver to use for a module compiled for ``targets``; checks ``requested`` against them.
+
+    An async module (``polaris compile --async``) on the CPU gets ``local-task`` unless
+    ``POLARIS_CPU_DRIVER`` says otherwise: its calls overlap the host only where worker threads
+    run the work (``local-sync`` runs it inside the call)."""
     allowed = [d for t in targets for d in DRIVERS_FOR_TARGET.get(t, ())]
     if requested is None:
         if not allowed:
             raise DeviceError(f"no IREE driver is known for the module's target(s) {targets}")
         if allowed[0] in DRIVERS_FOR_TARGET["llvm-cpu"]:
+            if asynchronous and not os.environ.get("POLARIS_CPU_DRIVER"):
+                return "local-task"
             return default_cpu_driver()
         return allowed[0]
     base = requested.split("://")[0]

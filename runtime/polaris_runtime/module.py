@@ -95,7 +95,10 @@ class Tree:
 
     @property
     def arrays(self) -> list[Any]:
+        """The leaves as device arrays (ABI order); for an async module's results, once the
+        calls that write them have finished."""
         self._check_live()
+        self._owner.wait()
         return self._arrays
 
     def __len__(self) -> int:
@@ -264,6 +267,22 @@ class Module:
             name: _direct_call(vm_module, name, sum(len(manifest.group(g)) for g in f.outputs))
             for name, f in manifest.functions.items()
         }
+        # Compiled with --async (IREE's async-external model, ``iree.abi.model = coarse-fences``):
+        # every export takes a wait and a signal fence and returns once its work is queued. The
+        # module chains its calls on one timeline semaphore (call k waits for k, signals k + 1),
+        # so its own results feed its next call without a host wait; reading them, or passing
+        # them to another module, waits first (:meth:`wait`).
+        self._asynchronous = any(
+            vm_module.lookup_function(name).reflection.get("iree.abi.model") == "coarse-fences"
+            for name in manifest.functions
+        )
+        if self._asynchronous and any(d is None for d in self._direct.values()):
+            raise ModuleError(
+                f"{path}: an async module (--async) whose exports this runtime cannot call "
+                f"directly (unexpected iree.abi reflection); recompile it without --async"
+            )
+        self._sem = config.device.create_semaphore(0) if self._asynchronous else None
+        self._tick = 0  # calls queued on self._sem
         self._verified_lists: dict[str, tuple] = {}
         self._plans: dict[str, _CallPlan | None] = {}  # Optimizer.step/update (see _CallPlan)
         self._zeros_cache: tuple | None = None  # (shapes, device zeros) for update() without params
@@ -277,6 +296,30 @@ class Module:
     @property
     def functions(self) -> list[str]:
         return list(self._functions)
+
+    @property
+    def asynchronous(self) -> bool:
+        """Whether calls return once their work is queued (a module compiled with ``--async``)."""
+        return self._asynchronous
+
+    def wait(self) -> None:
+        """Waits until every call made so far has finished on the device (a no-op for
+        synchronous modules). Reading a result does this by itself; an error the device hit in
+        an earlier call is raised here, as :class:`ModuleError`."""
+        if self._sem is None:
+            return
+        try:
+            rt.HalFence.create_at(self._sem, self._tick).wait()
+        except RuntimeError as e:
+            raise ModuleError(f"a call queued on {self.driver} failed on the device: {e}") from None
+
+    def _fences(self) -> tuple | None:
+        """(wait, signal) fences for the next call of an async module (call under ``_lock``)."""
+        if self._sem is None:
+            return None
+        t = self._tick
+        self._tick = t + 1
+        return rt.HalFence.create_at(self._sem, t), rt.HalFence.create_at(self._sem, t + 1)
 
     @property
     def _built_for(self) -> str:
@@ -415,13 +458,18 @@ class Module:
         if fname in self._dynamic_reductions:
             self._check_reduction_limit(fname, dims)
         direct = self._direct.get(fname)
+        if self._asynchronous:  # IREE's FunctionInvoker cannot pass fences: upload host arrays here
+            args = [a if isinstance(a, rt.DeviceArray) else dev.upload(self.device, a) for a in args]
         with self._lock:
+            fences = None
             try:
                 if direct is not None and all(isinstance(a, rt.DeviceArray) for a in args):
-                    results = direct(self._context.vm_context, self.device, args)
+                    fences = self._fences()
+                    results = direct(self._context.vm_context, self.device, args, fences)
                 else:
                     results = self._functions[fname](*args)
             except (RuntimeError, ValueError, IndexError) as e:  # IREE maps statuses to these
+                _unblock(fences)
                 raise ModuleError(f"{fname}() failed inside IREE on {self.driver}: {e}") from None
         if not isinstance(results, tuple):
             results = (results,) if results is not None else ()
@@ -450,6 +498,16 @@ class Module:
         return f"<{type(self).__name__} {self.manifest.name} ({self.path}) on {self.driver}>"
 
 
+def _unblock(fences) -> None:
+    """After an async call that failed before it was queued: signal its fence, so that the
+    module's next call (which waits for it) and :meth:`Module.wait` do not wait forever."""
+    if fences is not None:
+        try:
+            fences[1].signal()
+        except Exception:  # already signalled (or failed) by IREE: nothing is left waiting
+            pass
+
+
 def _direct_call(vm_module: rt.VmModule, name: str, n_out: int):
     """A caller of exported function ``name`` that skips IREE's FunctionInvoker.
 
@@ -474,10 +532,13 @@ def _direct_call(vm_module: rt.VmModule, name: str, n_out: int):
             return None
     bv_type, device_array = rt.HalBufferView, rt.DeviceArray
 
-    def call(vm_context, device, args):
-        arg_list = rt.VmVariantList(len(args))
+    def call(vm_context, device, args, fences=None):
+        arg_list = rt.VmVariantList(len(args) + 2)
         for a in args:
             arg_list.push_ref(a._buffer_view)
+        if fences is not None:  # an async export: wait fence, signal fence
+            arg_list.push_ref(fences[0])
+            arg_list.push_ref(fences[1])
         ret = rt.VmVariantList(n_out)
         vm_context.invoke(fn, arg_list, ret)
         return tuple(
@@ -557,6 +618,8 @@ class _CallPlan:
         if isinstance(value, Tree):
             if value._consumed_by is not None or value._owner.device is not self.mod.device:
                 return None
+            if value._owner is not self.mod:
+                value._owner.wait()  # another module's results: finished before this call reads them
             got = value._arrays
         elif isinstance(value, (list, tuple)):
             got = value
@@ -600,7 +663,7 @@ class _CallPlan:
                     return None
                 given.append(a)
         call, mod = self.call, self.mod
-        args = rt.VmVariantList(self.n_args)
+        args = rt.VmVariantList(self.n_args + 2)
         push = args.push_ref
         for g, items in zip(self.inputs, given, strict=True):
             if g in trusted or g == "segments":
@@ -614,9 +677,14 @@ class _CallPlan:
             for g in trusted:
                 if groups[g]._consumed_by is not None:
                     return None  # another thread donated it meanwhile: the checked path says so
+            fences = mod._fences()
+            if fences is not None:
+                push(fences[0])
+                push(fences[1])
             try:
                 mod._context.vm_context.invoke(call.function, args, ret)
             except (RuntimeError, ValueError, IndexError) as e:
+                _unblock(fences)
                 raise ModuleError(f"{self.fname}() failed inside IREE on {mod.driver}: {e}") from None
             for g in trusted:
                 groups[g]._consumed_by = self.fname
@@ -677,7 +745,7 @@ class Optimizer(Module):
         here (one host round trip, once).
         """
         state = self.call("init", params=params)["state"]
-        state._arrays = [dev.upload(self.device, dev.to_host(a)) for a in state._arrays]
+        state._arrays = [dev.upload(self.device, dev.to_host(a)) for a in state.arrays]
         return state
 
     def update(self, grads, state: Tree | Any, params=None, segments=None) -> tuple[Tree, Tree]:
@@ -1008,7 +1076,7 @@ def load(path_or_bytes, device: str | None = None) -> Module:
     probe = _vm_module(rt.VmInstance(), data, where)
     manifest = read_manifest(probe)
     targets = manifest.target.get("targets") or [manifest.target.get("name", "llvm-cpu")]
-    driver = dev.pick_driver(list(targets), device)
+    driver = dev.pick_driver(list(targets), device, manifest.target.get("execution") == "async")
     dev.check_vulkan_family(manifest.target, driver)
     cfg = dev.config_for(driver)
     vm = _vm_module(cfg.vm_instance, data, where)

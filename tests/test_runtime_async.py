@@ -1,0 +1,171 @@
+"""Asynchronous modules (``polaris compile --async``): calls return once queued, results are right.
+
+A module compiled with IREE's async-external execution model takes a wait fence and a signal
+fence on every export; the runtime chains one module's calls on a timeline semaphore and waits
+only where a result is read on the host or handed to another module. These tests pin down that
+an async module computes exactly what the synchronous one does (both paths of ``step``, reads
+between steps, checkpoints), that its results are finished before another module or the host
+reads them, and what the compiler and the CLI record.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import polaris_runtime as pr
+from polaris_compiler import CompileOptions, build_flags
+from polaris_runtime import device as dev
+
+N = 4099  # not a multiple of any vector width
+BIG = 1 << 22  # enough work per step that an unwaited read would see steps in flight
+
+
+def _grads(i: int, n: int = N) -> np.ndarray:
+    return (np.sin(np.arange(n, dtype=np.float32) * 0.37 + i) * 0.3).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def pair(modules):
+    """(sync adam, async adam) on local-task, whose worker threads run queued work."""
+    opts = dict(learning_rate=0.02)
+    return modules.load("adam", opts, device="local-task"), modules.load("adam", opts, device="local-task", asynchronous=True)
+
+
+def test_the_compiler_asks_for_the_async_model_and_records_it(modules):
+    assert build_flags(CompileOptions(asynchronous=True))[-1] == "--iree-execution-model=async-external"
+    assert "--iree-execution-model=async-external" not in build_flags(CompileOptions())
+    art = modules.artifact("adam", dict(learning_rate=0.02), asynchronous=True)
+    assert art.manifest["target"]["execution"] == "async"
+    assert "execution" not in modules.artifact("adam", dict(learning_rate=0.02)).manifest["target"]
+
+
+def test_an_async_step_never_waits_for_the_device(modules):
+    from test_compiler import _vm_function
+
+    step = _vm_function(modules.artifact("adam", dict(learning_rate=0.02), asynchronous=True), "step")
+    assert step.count("@hal.fence.await") == 0 and step.count("@hal.device.queue.execute") == 1
+
+
+def test_async_steps_match_the_sync_module_bit_for_bit(pair):
+    sync, asy = pair
+    assert asy.asynchronous and not sync.asynchronous
+    p0 = np.linspace(-2, 2, N, dtype=np.float32)
+    a, sa, b, sb = p0, sync.init(p0), p0, asy.init(p0)
+    for i in range(3):  # host gradients: the checked path (uploads, then queues)
+        a, sa = sync.step(a, _grads(i), sa)
+        b, sb = asy.step(b, _grads(i), sb)
+    g = [dev.upload(sync.device, _grads(7))]
+    for _ in range(20):  # device gradients: the planned path
+        a, sa = sync.step(a, g, sa)
+        b, sb = asy.step(b, g, sb)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for x, y in zip(sa.leaves(), sb.leaves(), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert asy.step_count(sb) == 23
+
+
+def test_reading_between_steps_sees_each_step(pair):
+    sync, asy = pair
+    p0 = np.full(N, 0.5, np.float32)
+    a, sa, b, sb = p0, sync.init(p0), p0, asy.init(p0)
+    g = [dev.upload(sync.device, _grads(1))]
+    for _ in range(5):
+        a, sa = sync.step(a, g, sa)
+        b, sb = asy.step(b, g, sb)
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        assert asy.get_hyperparameter(sb, "learning_rate") == pytest.approx(0.02)
+    asy.set_hyperparameter(sb, "learning_rate", 0.0)  # frozen from here on
+    before = b.numpy()
+    b, sb = asy.step(b, g, sb)
+    np.testing.assert_array_equal(b.numpy(), before)
+
+
+def test_results_are_finished_before_they_are_read(modules):
+    """Many queued steps of a big vector, then the params read at once: the host must see the
+    last step's values (read without the runtime's wait, it saw steps 1-3 of 31 in flight), and
+    so must a synchronous module handed the Tree."""
+    sgd_async = modules.load("sgd", dict(learning_rate=1.0), device="local-task", asynchronous=True)
+    sgd_sync = modules.load("sgd", dict(learning_rate=1.0), device="local-task")
+    minus_one = np.full(BIG, -1.0, np.float32)
+    g = [dev.upload(sgd_async.device, minus_one)]  # each step adds 1
+    for reader in ("host", "another module"):
+        q, s = np.zeros(BIG, np.float32), sgd_async.init(np.zeros(BIG, np.float32))
+        for _ in range(30):
+            q, s = sgd_async.step(q, g, s)
+        if reader == "host":
+            got, want = q.numpy(), 30.0
+        else:
+            out, _ = sgd_sync.step(q, g, sgd_sync.init(np.zeros(BIG, np.float32)))
+            got, want = out.numpy(), 31.0
+        np.testing.assert_array_equal(got, np.full(BIG, want, np.float32), err_msg=reader)
+
+
+def test_checkpoints_of_an_async_module(pair, tmp_path):
+    _, asy = pair
+    p0 = np.linspace(0, 1, N, dtype=np.float32)
+    b, sb = p0, asy.init(p0)
+    g = [dev.upload(asy.device, _grads(3))]
+    for _ in range(4):
+        b, sb = asy.step(b, g, sb)
+    asy.save_checkpoint(tmp_path / "c.safetensors", sb, b)
+    sb2, b2 = asy.restore_checkpoint(tmp_path / "c.safetensors")
+    for _ in range(3):
+        b, sb = asy.step(b, g, sb)
+        b2, sb2 = asy.step(b2, g, sb2)
+    np.testing.assert_array_equal(b.numpy(), b2.numpy())
+    assert asy.step_count(sb2) == 7
+
+
+def test_cli_compiles_and_inspects_an_async_module(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from polaris.cli.__main__ import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("POLARIS_NO_CACHE", "1")
+    r = CliRunner().invoke(cli, ["compile", "sgd", "--async"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "sgd-flat-f32-llvm-cpu-async.vmfb").exists()
+    text = CliRunner().invoke(cli, ["inspect", "sgd-flat-f32-llvm-cpu-async.vmfb"]).output
+    assert "execution: async" in text
+    m = json.loads(CliRunner().invoke(cli, ["inspect", "sgd-flat-f32-llvm-cpu-async.vmfb", "--json"]).output)
+    assert m["target"]["execution"] == "async"
+    monkeypatch.delenv("POLARIS_CPU_DRIVER", raising=False)
+    opt = pr.load(tmp_path / "sgd-flat-f32-llvm-cpu-async.vmfb")
+    assert opt.driver == "local-task" and opt.asynchronous  # where its calls overlap the host
+    s = opt.init(np.ones(10, np.float32))
+    lr = opt.get_hyperparameter(s, "learning_rate")
+    p, s = opt.step(np.ones(10, np.float32), np.full(10, 2.0, np.float32), s)
+    np.testing.assert_allclose(p.numpy(), np.full(10, 1.0 - 2.0 * lr, np.float32), rtol=1e-6)
+
+
+def test_a_call_that_fails_before_it_is_queued_does_not_block_the_next(pair):
+    """The fences of a call IREE refused are signalled by the runtime: the next call (which
+    waits for them on the device) and ``wait()`` go on instead of waiting forever."""
+    import threading
+
+    from polaris_runtime.module import _unblock
+
+    _, asy = pair
+    p0 = np.ones(N, np.float32)
+    b, sb = asy.step(p0, _grads(0), asy.init(p0))
+    with asy._lock:
+        fences = asy._fences()  # what a call takes just before IREE raises
+    _unblock(fences)
+    done = threading.Event()
+    threading.Thread(target=lambda: (asy.wait(), done.set()), daemon=True).start()
+    assert done.wait(20), "wait() blocked on the fence of a call that never ran"
+    b, sb = asy.step(b, _grads(1), sb)
+    assert asy.step_count(sb) == 2
+
+
+def test_the_c_header_says_the_functions_take_fences(modules):
+    from polaris_runtime.cheader import c_header
+
+    asy = pr.inspect_module(modules.path("adam", dict(learning_rate=0.02), asynchronous=True))
+    sync = pr.inspect_module(modules.path("adam", dict(learning_rate=0.02)))
+    assert "#define ADAM_ASYNC 1" in c_header(asy, prefix="adam") and "wait fence and a signal fence" in c_header(asy, prefix="adam")
+    assert "#define ADAM_ASYNC 0" in c_header(sync, prefix="adam")
