@@ -58,6 +58,22 @@ def test_vulkan_matches_cpu(modules, name, options):
         assert np.all(np.isfinite(s.leaves()[1]))
 
 
+@pytest.mark.parametrize("driver", [pytest.param("vulkan", marks=pytest.mark.vulkan), pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_async_gpu_modules_match_cpu(modules, driver):
+    """``--async`` on a GPU queue: the runtime's fence chain orders the steps (docs/runtime.md)."""
+    device_or_skip(driver)
+    name, options = GPU_CASES[0]
+    kw = {"vulkan_target": vulkan_target()} if driver == "vulkan" else {}
+    gpu = modules.load(name, options, target=driver, asynchronous=True, **kw)
+    assert gpu.asynchronous and gpu.driver == driver
+    cpu = modules.load(name, options)
+    for n in (1000, 100_003):
+        got, s = run_steps(gpu, n, steps=8, seed=n)
+        ref, _ = run_steps(cpu, n, steps=8, seed=n)
+        assert_matches_reference(got, ref, f"{name} {driver} async n={n}")
+        assert gpu.step_count(s) == 8
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("name, options", GPU_CASES, ids=[c[0] for c in GPU_CASES])
 def test_cuda_matches_cpu(modules, name, options):
