@@ -10,6 +10,8 @@ Run it here (it needs the compiler and JAX, not a GPU), copy the folder to the G
 Writes ``<optimizer>-flat-<target>.vmfb`` for adam, adamw, sgd_momentum, lion and lamb (options
 as in ``bench/_common.POLARIS``), fixed-length flat modules (``--size``: static shapes, a command
 buffer recorded once and replayed) of the ``--fixed`` optimizers at each ``--fixed-sizes`` size,
+each also with its scalars fused into the kernel (``CompileOptions(hoist_scalars=False)``) and
+with the async-external model (``--async``; ``bench/gpu_async.py``),
 a GPT-2 small tree module (148 tensors; ``--gpt2``) of the ``--tree`` optimizers, and
 ``index.json`` describing them.
 """
@@ -67,6 +69,11 @@ def main(argv=None) -> int:
                 fixed[str(n)] = fname_n = f"{key}-flat{n}-{tgt.value}.vmfb"
                 art.save(args.folder / fname_n)
                 C.say(f"  {fname_n}: {len(art.vmfb) / 1024:.0f} KiB")
+                # the same step with its scalars fused into the elementwise kernel (5 -> 2 dispatches)
+                iopts = CompileOptions(target=tgt, cuda_arch=args.cuda_arch, hoist_scalars=False)
+                art = compile_optimizer(spec.build(**options), Layout.flat(size=n), iopts, name=name, optimizer_options={**spec.defaults(), **options})
+                index["modules"][key].setdefault("fixed_inline", {})[str(n)] = fname_i = f"{key}-flat{n}-inline-{tgt.value}.vmfb"
+                art.save(args.folder / fname_i)
                 if args.async_fixed:  # the same step with coarse fences: the caller orders, nobody waits
                     aopts = CompileOptions(target=tgt, cuda_arch=args.cuda_arch, extra_args=("--iree-execution-model=async-external",))
                     art = compile_optimizer(spec.build(**options), Layout.flat(size=n), aopts, name=name, optimizer_options={**spec.defaults(), **options})

@@ -14,7 +14,9 @@ Peers per optimizer and size (1e6, 1e7, 1e8 by default):
 * ``polaris``: ``polaris_runtime.load(module, device="cuda")``, Trees on the device, the gradient
   uploaded once; ``polaris fixed``: the same, with the module compiled for exactly that many
   elements (``polaris compile --size N``: IREE records the step once and replays it), where
-  ``build_gpu_modules.py`` built one; ``iree-bare``: the flat module's ``step`` through IREE's
+  ``build_gpu_modules.py`` built one; ``polaris fixed inline``: the fixed module with its scalars
+  fused into the elementwise kernel (``CompileOptions(hoist_scalars=False)``: Adam 5 -> 2
+  dispatches); ``iree-bare``: the flat module's ``step`` through IREE's
   FunctionInvoker;
 * ``torch fused`` / ``torch foreach``: ``torch.optim.Adam(fused=True)`` / ``(foreach=True)``
   (AdamW and SGD-momentum likewise; torch has no Lion or LAMB);
@@ -390,6 +392,9 @@ def main(argv=None) -> int:
             fixed = index["modules"][key].get("fixed", {}).get(str(n))
             if "polaris-fixed" in peers and fixed:  # the same step compiled for exactly n elements
                 make["polaris fixed"] = lambda: polaris_peer(args.modules / fixed, args.device, p, g)
+            inline = index["modules"][key].get("fixed_inline", {}).get(str(n))
+            if "polaris-fixed" in peers and inline:  # ... with its scalars fused into the kernel
+                make["polaris fixed inline"] = lambda: polaris_peer(args.modules / inline, args.device, p, g)
             if "iree-bare" in peers:
                 make["iree-bare"] = lambda: bare_peer(path, args.device, p, g)
             if have_torch_cuda and on_gpu and key in TORCH_OPTS:

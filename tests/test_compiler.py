@@ -110,6 +110,31 @@ def test_step_waits_for_the_device_once(modules, name):
     assert step.count("@hal.device.queue.execute") == 1 or name == "noisy_sgd"  # RNG: no wait
 
 
+def test_scalars_fused_into_the_kernel_mean_fewer_dispatches_and_the_same_numbers(modules):
+    """``CompileOptions(hoist_scalars=False)``: Adam's bias corrections are computed inside the
+    elementwise kernel, not in dispatches of their own: the CUDA step records 2 dispatches
+    instead of 5 (the GPU A/B lead of docs/performance.md), with the same results."""
+    import numpy as np
+
+    from polaris_runtime import device as dev
+
+    opts = dict(learning_rate=0.05)
+    hoisted = _vm_function(modules.artifact("adam", opts, target="cuda"), "step")
+    inline_art = modules.artifact("adam", opts, target="cuda", hoist_scalars=False)
+    inline = _vm_function(inline_art, "step")
+    assert inline.count("@hal.command_buffer.dispatch") == 2
+    assert hoisted.count("@hal.command_buffer.dispatch") > 2
+    assert inline_art.manifest["target"]["hoist_scalars"] is False
+    a, b = modules.load("adam", opts), modules.load("adam", opts, hoist_scalars=False)
+    p0 = np.linspace(-1, 1, 1000, dtype=np.float32)
+    pa, sa, pb, sb = p0, a.init(p0), p0, b.init(p0)
+    g = [dev.upload(a.device, np.cos(np.arange(1000, dtype=np.float32)))]
+    for _ in range(20):
+        pa, sa = a.step(pa, g, sa)
+        pb, sb = b.step(pb, g, sb)
+    np.testing.assert_allclose(pb.numpy(), pa.numpy(), rtol=1e-6, atol=1e-7)
+
+
 def test_a_fixed_size_flat_step_is_recorded_once(modules):
     """Static shapes let IREE record the step's command buffer once and replay it (a flat module
     of any length records it on every call: its workgroup count depends on n)."""

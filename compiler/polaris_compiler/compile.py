@@ -32,6 +32,7 @@ from polaris._src.base import (
     tree_leaves_with_names,
 )
 from polaris._src.segments import DEFAULT_MAX_ROWS, DEFAULT_MAX_SEGMENTS, flat_segments
+from polaris._src.tree_utils import scalar_hoisting
 from polaris_compiler import versions
 from polaris_compiler.errors import CompileError, LayoutError
 from polaris_compiler.export import export_text, manifest_reflection, merge_modules
@@ -153,16 +154,17 @@ def compile_optimizer(
     # ones that can be made safe (hazards.py).
     update_args = [*p_leaves, *s_leaves, *p_leaves, *seg_leaves]
     step_args = [*p_leaves, *p_leaves, *s_leaves, *seg_leaves]
-    update_fn, update_aliases = anchored(update_fn, update_args, {n_p + j: n_p + j for j in range(n_s)})
-    step_fn, step_aliases = anchored(
-        step_fn, step_args, {**{i: i for i in range(n_p)}, **{2 * n_p + j: n_p + j for j in range(n_s)}}
-    )
+    with scalar_hoisting(options.hoist_scalars):  # the traced graphs, hazards included
+        update_fn, update_aliases = anchored(update_fn, update_args, {n_p + j: n_p + j for j in range(n_s)})
+        step_fn, step_aliases = anchored(
+            step_fn, step_args, {**{i: i for i in range(n_p)}, **{2 * n_p + j: n_p + j for j in range(n_s)}}
+        )
+        parts = {
+            "init": export_text(init_fn, p_leaves),
+            "update": export_text(update_fn, update_args),
+            "step": export_text(step_fn, step_args),
+        }
     aliases = {"update": update_aliases, "step": step_aliases}
-    parts = {
-        "init": export_text(init_fn, p_leaves),
-        "update": export_text(update_fn, update_args),
-        "step": export_text(step_fn, step_args),
-    }
     param_names = [n for n, _ in layout.leaves()]
     state_names = [n for n, _ in tree_leaves_with_names(state_shape)]
     hps = _hyperparameters(tx, layout, state_shape, state_names)
@@ -207,7 +209,8 @@ def compile_optimizer(
         if key in manifest:
             raise ValueError(f"compile_optimizer: record may not replace the manifest field {key!r}")
         manifest[key] = value
-    _add_learning_rate_export(tx, s_def, s_leaves, hps, parts, manifest)
+    with scalar_hoisting(options.hoist_scalars):
+        _add_learning_rate_export(tx, s_def, s_leaves, hps, parts, manifest)
     art = _finish(parts, manifest, options, flags, t0, aliases)
     art.notes.extend(layout_notes(options, layout.kind, layout.size))
     return art
@@ -373,6 +376,8 @@ def _target_record(options: CompileOptions, flags: list[str]) -> dict:
             rec["rocm_arch"] = o.rocm_arch
     if len(o.targets) == 1 and o.target.value in ("cuda", "vulkan", "rocm"):
         rec["arch"] = {"cuda": o.cuda_arch, "vulkan": o.vulkan_target, "rocm": o.rocm_arch}[o.target.value]
+    if not o.hoist_scalars:
+        rec["hoist_scalars"] = False  # scalars fused into the elementwise kernels
     if o.asynchronous:
         rec["execution"] = "async"  # every export takes (wait fence, signal fence) last
     notes = options.notes()

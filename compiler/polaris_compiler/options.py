@@ -78,6 +78,10 @@ class CompileOptions:
     # IREE's async-external model: every export takes a wait and a signal fence and returns once
     # its work is queued (the runtime chains them; docs/runtime.md "Asynchronous modules").
     asynchronous: bool = False
+    # Scalars (bias corrections, schedules) in small dispatches of their own (the default: 1M
+    # Adam 2x faster on a small CPU) or fused into the elementwise kernels (False: Adam's CUDA
+    # step 5 dispatches -> 2; for GPU A/B runs, docs/performance.md fourth pass).
+    hoist_scalars: bool = True
 
     @property
     def targets(self) -> tuple[Target, ...]:

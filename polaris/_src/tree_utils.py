@@ -5,6 +5,9 @@ A numeric fix lands here once, for the eager and the compiled paths alike.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 
@@ -91,6 +94,22 @@ def update_moment(updates, moments, decay, order):
     )
 
 
+_HOIST = contextvars.ContextVar("polaris_hoist_scalars", default=True)
+
+
+@contextlib.contextmanager
+def scalar_hoisting(enabled: bool):
+    """Within the block, :func:`hoisted` computes scalars in dispatches of their own (``True``,
+    the default) or leaves them to fuse into the elementwise kernels that use them (``False``:
+    fewer dispatches per step, each element recomputing the scalar; the compiler's
+    ``CompileOptions(hoist_scalars=False)``). Values are the same either way."""
+    token = _HOIST.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _HOIST.reset(token)
+
+
 def hoisted(x):
     """The scalar ``x``, computed once per call in a small dispatch of its own.
 
@@ -103,6 +122,8 @@ def hoisted(x):
     (two more queue submissions and fence waits per call). See docs/performance.md.
     """
     x = jnp.asarray(x)
+    if not _HOIST.get():
+        return x
     return jax.lax.sort(x.reshape(1)).reshape(x.shape)
 
 
