@@ -169,3 +169,19 @@ def test_the_c_header_says_the_functions_take_fences(modules):
     sync = pr.inspect_module(modules.path("adam", dict(learning_rate=0.02)))
     assert "#define ADAM_ASYNC 1" in c_header(asy, prefix="adam") and "wait fence and a signal fence" in c_header(asy, prefix="adam")
     assert "#define ADAM_ASYNC 0" in c_header(sync, prefix="adam")
+
+
+def test_update_then_apply_on_an_async_module_equals_its_step(pair):
+    """``update`` (state donated, updates returned) chains on the same fences as ``step``."""
+    _, asy = pair
+    p0 = np.linspace(-1, 1, N, dtype=np.float32)
+    b, sb = p0, asy.init(p0)
+    s2 = asy.init(p0)
+    q = p0.copy()
+    for i in range(6):
+        g = _grads(i)
+        b, sb = asy.step(b, g, sb)
+        u, s2 = asy.update(g, s2, q)
+        q = q + u.numpy()
+    np.testing.assert_allclose(b.numpy(), q, rtol=1e-6, atol=1e-7)
+    assert asy.step_count(s2) == 6
