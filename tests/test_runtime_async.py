@@ -150,16 +150,28 @@ def test_a_call_that_fails_before_it_is_queued_does_not_block_the_next(pair):
     from polaris_runtime.module import _unblock
 
     _, asy = pair
-    p0 = np.ones(N, np.float32)
-    b, sb = asy.step(p0, _grads(0), asy.init(p0))
+    p0 = np.ones(BIG, np.float32)
+    g = [dev.upload(asy.device, np.full(BIG, 0.1, np.float32))]
+    b, sb = p0, asy.init(p0)
+    for _ in range(10):  # still running when the failing call comes
+        b, sb = asy.step(b, g, sb)
     with asy._lock:
         fences = asy._fences()  # what a call takes just before IREE raises
-    _unblock(fences)
-    done = threading.Event()
-    threading.Thread(target=lambda: (asy.wait(), done.set()), daemon=True).start()
-    assert done.wait(20), "wait() blocked on the fence of a call that never ran"
-    b, sb = asy.step(b, _grads(1), sb)
-    assert asy.step_count(sb) == 2
+    _unblock(fences)  # must not signal past the steps still in flight
+    errors, done = [], threading.Event()
+
+    def waiter():
+        try:
+            asy.wait()
+        except Exception as e:  # reported below
+            errors.append(e)
+        done.set()
+
+    threading.Thread(target=waiter, daemon=True).start()
+    assert done.wait(60), "wait() blocked on the fence of a call that never ran"
+    assert not errors, errors
+    b, sb = asy.step(b, g, sb)
+    assert asy.step_count(sb) == 11
 
 
 def test_the_c_header_says_the_functions_take_fences(modules):

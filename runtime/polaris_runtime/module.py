@@ -500,12 +500,21 @@ class Module:
 
 def _unblock(fences) -> None:
     """After an async call that failed before it was queued: signal its fence, so that the
-    module's next call (which waits for it) and :meth:`Module.wait` do not wait forever."""
-    if fences is not None:
-        try:
-            fences[1].signal()
-        except Exception:  # already signalled (or failed) by IREE: nothing is left waiting
-            pass
+    module's next call (which waits for it) and :meth:`Module.wait` do not wait forever.
+
+    The calls queued before it must signal their values first: a timeline signalled past a value
+    fails the device's later signal of that value (IREE: "semaphore already signaled past"), so
+    this waits for the call's wait fence, then signals."""
+    if fences is None:
+        return
+    try:
+        fences[0].wait()
+    except Exception:  # an earlier call failed on the device: the next wait() reports it
+        pass
+    try:
+        fences[1].signal()
+    except Exception:  # already signalled (or failed): nothing is left waiting on it
+        pass
 
 
 def _direct_call(vm_module: rt.VmModule, name: str, n_out: int):
