@@ -256,6 +256,17 @@ def measure(args, info, index, opts, floor, on_gpu, results, key, n, layout, mak
     _report(args, info, index, opts, floor, on_gpu, results)
 
 
+def add_peers(make: dict, key: str, peers: list[str], torch_ok: bool, for_torch: tuple, for_jax: tuple, jax_kind: str) -> None:
+    """Adds the torch (fused, foreach; arrays or lists of arrays) and jax.jit(optax) (arrays or
+    trees) peers of one group to ``make``."""
+    if torch_ok and key in TORCH_OPTS:
+        for mode in ("fused", "foreach"):
+            if f"torch-{mode}" in peers:
+                make[f"torch {mode}"] = lambda mode=mode: torch_peer(key, mode, *for_torch)
+    if "jax" in peers:
+        make["jax"] = lambda: jax_peer(key, jax_kind, *for_jax)
+
+
 def gpt2_group(args, info, index, opts, floor, on_gpu, results, key, flat_path, tree, peers, have_torch_cuda) -> None:
     """The many-tensor layout: GPT-2 small's 148 tensors as one tree module, against the same
     parameters as one flat module, torch with one Parameter per tensor and jax.jit(optax) on the
@@ -273,13 +284,7 @@ def gpt2_group(args, info, index, opts, floor, on_gpu, results, key, flat_path, 
         make["polaris tree"] = lambda: polaris_peer(tree_path, args.device, host_p, g_leaves)
         make["polaris flat"] = lambda: polaris_peer(flat_path, args.device, np.concatenate([a.ravel() for a in p_leaves]),
                                                     np.concatenate([a.ravel() for a in g_leaves]))
-    if have_torch_cuda and on_gpu and key in TORCH_OPTS:
-        if "torch-fused" in peers:
-            make["torch fused"] = lambda: torch_peer(key, "fused", p_leaves, g_leaves)
-        if "torch-foreach" in peers:
-            make["torch foreach"] = lambda: torch_peer(key, "foreach", p_leaves, g_leaves)
-    if "jax" in peers:
-        make["jax"] = lambda: jax_peer(key, "gpu" if on_gpu else "cpu", host_p, host_g)
+    add_peers(make, key, peers, on_gpu and have_torch_cuda, (p_leaves, g_leaves), (host_p, host_g), "gpu" if on_gpu else "cpu")
     label = f"gpt2{'' if tree['div'] == 1 else '/' + str(tree['div'])} tree ({len(p_leaves)} tensors)"
     measure(args, info, index, opts, floor, on_gpu, results, key, n, label, make)
 
@@ -397,13 +402,7 @@ def main(argv=None) -> int:
                 make["polaris fixed inline"] = lambda: polaris_peer(args.modules / inline, args.device, p, g)
             if "iree-bare" in peers:
                 make["iree-bare"] = lambda: bare_peer(path, args.device, p, g)
-            if have_torch_cuda and on_gpu and key in TORCH_OPTS:
-                if "torch-fused" in peers:
-                    make["torch fused"] = lambda: torch_peer(key, "fused", p, g)
-                if "torch-foreach" in peers:
-                    make["torch foreach"] = lambda: torch_peer(key, "foreach", p, g)
-            if "jax" in peers:
-                make["jax"] = lambda: jax_peer(key, "gpu" if on_gpu else "cpu", p, g)
+            add_peers(make, key, peers, on_gpu and have_torch_cuda, (p, g), (p, g), "gpu" if on_gpu else "cpu")
             measure(args, info, index, opts, floor, on_gpu, results, key, n, "flat", make)
             del p, g
         tree = index["modules"][key].get("gpt2")
