@@ -321,6 +321,20 @@ class Module:
         self._tick = t + 1
         return rt.HalFence.create_at(self._sem, t), rt.HalFence.create_at(self._sem, t + 1)
 
+    def _invoke(self, fname: str, function, args: rt.VmVariantList, ret: rt.VmVariantList) -> None:
+        """Invokes ``function`` with ``args`` (call under ``_lock``): every direct call of an export
+        goes through here. For an async module the call's wait and signal fences are appended:
+        call k waits for value k of the module's semaphore and signals k + 1."""
+        fences = self._fences()
+        if fences is not None:
+            args.push_ref(fences[0])
+            args.push_ref(fences[1])
+        try:
+            self._context.vm_context.invoke(function, args, ret)
+        except (RuntimeError, ValueError, IndexError) as e:  # IREE maps statuses to these
+            _unblock(fences)
+            raise ModuleError(f"{fname}() failed inside IREE on {self.driver}: {e}") from None
+
     @property
     def _built_for(self) -> str:
         """The GPU target the module was compiled for (``--vulkan-target``/arch), or ``""``."""
@@ -461,16 +475,13 @@ class Module:
         if self._asynchronous:  # IREE's FunctionInvoker cannot pass fences: upload host arrays here
             args = [a if isinstance(a, rt.DeviceArray) else dev.upload(self.device, a) for a in args]
         with self._lock:
-            fences = None
-            try:
-                if direct is not None and all(isinstance(a, rt.DeviceArray) for a in args):
-                    fences = self._fences()
-                    results = direct(self._context.vm_context, self.device, args, fences)
-                else:
+            if direct is not None and all(isinstance(a, rt.DeviceArray) for a in args):
+                results = direct(self, args)
+            else:
+                try:
                     results = self._functions[fname](*args)
-            except (RuntimeError, ValueError, IndexError) as e:  # IREE maps statuses to these
-                _unblock(fences)
-                raise ModuleError(f"{fname}() failed inside IREE on {self.driver}: {e}") from None
+                except (RuntimeError, ValueError, IndexError) as e:  # IREE maps statuses to these
+                    raise ModuleError(f"{fname}() failed inside IREE on {self.driver}: {e}") from None
         if not isinstance(results, tuple):
             results = (results,) if results is not None else ()
         for t in donated:
@@ -541,15 +552,13 @@ def _direct_call(vm_module: rt.VmModule, name: str, n_out: int):
             return None
     bv_type, device_array = rt.HalBufferView, rt.DeviceArray
 
-    def call(vm_context, device, args, fences=None):
-        arg_list = rt.VmVariantList(len(args) + 2)
+    def call(mod: Module, args):
+        arg_list = rt.VmVariantList(len(args) + 2)  # + an async export's two fences
         for a in args:
             arg_list.push_ref(a._buffer_view)
-        if fences is not None:  # an async export: wait fence, signal fence
-            arg_list.push_ref(fences[0])
-            arg_list.push_ref(fences[1])
         ret = rt.VmVariantList(n_out)
-        vm_context.invoke(fn, arg_list, ret)
+        mod._invoke(name, fn, arg_list, ret)
+        device = mod.device
         return tuple(
             device_array(device, ret.get_as_object(i, bv_type), implicit_host_transfer=True, override_dtype=dtypes[i])
             for i in range(n_out)
@@ -686,15 +695,7 @@ class _CallPlan:
             for g in trusted:
                 if groups[g]._consumed_by is not None:
                     return None  # another thread donated it meanwhile: the checked path says so
-            fences = mod._fences()
-            if fences is not None:
-                push(fences[0])
-                push(fences[1])
-            try:
-                mod._context.vm_context.invoke(call.function, args, ret)
-            except (RuntimeError, ValueError, IndexError) as e:
-                _unblock(fences)
-                raise ModuleError(f"{self.fname}() failed inside IREE on {mod.driver}: {e}") from None
+            mod._invoke(self.fname, call.function, args, ret)
             for g in trusted:
                 groups[g]._consumed_by = self.fname
         aliased, out, at = self.aliased, {}, self.inputs.index
