@@ -101,6 +101,13 @@ def gpt2_shapes(div: int = 1) -> dict:
     return t
 
 
+def gpt2_data(shapes: dict, rng: np.random.Generator) -> tuple[dict, dict]:
+    """Host parameters (std 0.02) and gradients (std 1e-3) of the shapes tree, float32."""
+    p = map_shapes(lambda s: rng.standard_normal(s, dtype=np.float32) * np.float32(0.02), shapes)
+    g = map_shapes(lambda s: rng.standard_normal(s, dtype=np.float32) * np.float32(1e-3), shapes)
+    return p, g
+
+
 def shape_leaves(tree: dict, prefix: str = "") -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) pairs in sorted-key order (JAX's and the runtime's order)."""
     out = []

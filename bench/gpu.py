@@ -218,18 +218,27 @@ def jax_peer(opt_key, device_kind, p, g):
     return t
 
 
-def measure(args, info, index, opts, floor, on_gpu, results, key, n, layout, make) -> None:
-    """Builds the peers of one group, samples them round-robin, appends a row each to ``results``
-    and rewrites the report (a run cut short by a time limit keeps what it measured)."""
+def build_timers(make: dict, failed) -> dict:
+    """Each peer's Timer by its label (``jax`` as its twin's name); a peer that cannot be built
+    is reported through ``failed(name, message)`` and left out: one peer's failure is a result too."""
     timers = {}
     for name, mk in make.items():
         try:
             t = mk()
             timers[getattr(t, "label", name) if name == "jax" else name] = t
-        except Exception as e:  # report and go on: one peer's failure is a result too
-            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            C.say(f"  {key} {C.fmt_size(n)} {name}: FAILED {msg}")
-            results.append({"optimizer": key, "layout": layout, "params": n, "peer": name, "error": msg, "trace": traceback.format_exc()[-2000:]})
+        except Exception as e:
+            failed(name, f"{type(e).__name__}: {e}".splitlines()[0][:300])
+    return timers
+
+
+def measure(args, info, index, opts, floor, on_gpu, results, key, n, layout, make) -> None:
+    """Builds the peers of one group, samples them round-robin, appends a row each to ``results``
+    and rewrites the report (a run cut short by a time limit keeps what it measured)."""
+    def failed(name, msg):
+        C.say(f"  {key} {C.fmt_size(n)} {name}: FAILED {msg}")
+        results.append({"optimizer": key, "layout": layout, "params": n, "peer": name, "error": msg, "trace": traceback.format_exc()[-2000:]})
+
+    timers = build_timers(make, failed)
     if not timers:
         return
     try:
@@ -273,8 +282,7 @@ def gpt2_group(args, info, index, opts, floor, on_gpu, results, key, flat_path, 
     tree."""
     shapes = C.gpt2_shapes(tree["div"])
     rng = np.random.default_rng(1)
-    host_p = C.map_shapes(lambda s: rng.standard_normal(s, dtype=np.float32) * np.float32(0.02), shapes)
-    host_g = C.map_shapes(lambda s: rng.standard_normal(s, dtype=np.float32) * np.float32(1e-3), shapes)
+    host_p, host_g = C.gpt2_data(shapes, rng)
     p_leaves = list(pr.flatten_names(host_p).values())
     g_leaves = list(pr.flatten_names(host_g).values())
     n = sum(a.size for a in p_leaves)

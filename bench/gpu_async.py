@@ -191,13 +191,7 @@ def main(argv=None) -> int:
         if on_gpu:
             make["torch fused"] = lambda: G.torch_peer("adam", "fused", p, g)
         make["jax"] = lambda: G.jax_peer("adam", "gpu" if on_gpu else "cpu", p, g)
-        timers = {}
-        for name, mk in make.items():
-            try:
-                t = mk()
-                timers[getattr(t, "label", name) if name == "jax" else name] = t
-            except Exception as e:
-                rows.append([C.fmt_size(n), name, "error", "", "", "", f"{type(e).__name__}: {e}"[:100]])
+        timers = G.build_timers(make, lambda name, msg: rows.append([C.fmt_size(n), name, "error", "", "", "", msg[:100]]))
         C.run_interleaved(timers, args.repeats if n < 5 * 10**7 else max(3, args.repeats // 3), 5, args.target_s)
         best = min(t.median for t in timers.values())
         nbytes = 28 * n

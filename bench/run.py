@@ -279,8 +279,7 @@ def run_suite(args) -> dict:
             leaves = C.shape_leaves(shapes)
             total = sum(int(np.prod(s)) for _, s in leaves)
             tree_mod = compiled_module(opt, "tree", shapes)
-            host_p = C.map_shapes(lambda s: rng.standard_normal(s, dtype=np.float32) * np.float32(0.02), shapes)
-            host_g = C.map_shapes(lambda s: rng.standard_normal(s, dtype=np.float32) * np.float32(1e-3), shapes)
+            host_p, host_g = C.gpt2_data(shapes, rng)
             import polaris_runtime as pr
 
             p_leaves = list(pr.flatten_names(host_p).values())
