@@ -4,9 +4,10 @@ Peers, each timed with its state and parameters resident where it computes:
 
 * ``polaris``: this project through ``polaris_runtime`` (``Optimizer.step`` on device-resident
   Trees; the gradients pre-uploaded once, so no host copy per call);
-* ``polaris-fixed`` (flat sizes): the same, with the module compiled for exactly that many
-  elements (``polaris compile --size N``: static shapes, so IREE records the step once and
-  replays it);
+* ``polaris-fixed`` (flat sizes and the GPT-2 flat form): the same, with the module compiled
+  for exactly that many elements (``polaris compile --size N``: static shapes, so IREE records
+  the step once and replays it; LAMB from 98304 elements sums per tensor with the segment tree
+  instead of the scatter, docs/flat-modules.md);
 * ``polaris-async``: the same step compiled with ``--async`` (IREE's async-external model: a call
   returns once its work is queued, calls chained on a semaphore) on ``local-task``, whose worker
   threads then run one step while Python issues the next;
@@ -307,6 +308,8 @@ def run_suite(args) -> dict:
             np_g = [fg[a : a + n_] for a, n_ in zip(packing.offsets[:-1], packing.sizes, strict=True)] if opt == "lamb" else [fg]
             make = {
                 "polaris": lambda: polaris_peer(flat, fp, [fg], driver, segments=packing),
+                # --size of the packed model: for LAMB the segment tree instead of the scatter
+                "polaris-fixed": lambda: polaris_peer(compiled_module(opt, "flat", None, size=total), fp, [fg], driver, segments=packing),
                 "iree-bare": lambda: bare_peer(flat, [fp], [fg], driver, segments=packing),
                 "optax": lambda: optax_peer(opt, fp, fg),
                 "numpy": lambda: numpy_peer(opt, np_p, np_g),

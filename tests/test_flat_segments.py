@@ -260,7 +260,7 @@ def test_adam_flat_module_is_unchanged():
 
 def test_manifest_records_segments():
     m = load("lamb").manifest
-    assert m.segments == {"leaves": ["segment_ids"], "max": 4096}
+    assert m.segments == {"leaves": ["segment_ids"], "max": 4096, "reduction": "scatter"}
     assert [s.to_dict() for s in m.group("segments")] == [{"name": "segment_ids", "shape": ["n", 1], "dtype": "int32"}]
     assert m.functions["step"].inputs == ("params", "grads", "state", "segments")
     assert m.functions["update"].inputs == ("grads", "state", "params", "segments")
@@ -409,7 +409,7 @@ def test_cli_sets_the_bound_and_inspect_shows_it(tmp_path):
     runner = CliRunner()
     r = runner.invoke(cli, ["compile", "lamb", "--max-segments", "64", "-o", str(out)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert pr.inspect_module(out).segments == {"leaves": ["segment_ids"], "max": 64}
+    assert pr.inspect_module(out).segments == {"leaves": ["segment_ids"], "max": 64, "reduction": "scatter"}
     text = runner.invoke(cli, ["inspect", str(out)], catch_exceptions=False).output
     assert "takes segments: segment_ids (at most 64 tensors" in text
     assert "step(params, grads, state, segments)" in text

@@ -31,14 +31,14 @@ from polaris._src.base import (
     transform_names,
     tree_leaves_with_names,
 )
-from polaris._src.segments import DEFAULT_MAX_ROWS, DEFAULT_MAX_SEGMENTS, flat_segments
+from polaris._src.segments import DEFAULT_MAX_ROWS, DEFAULT_MAX_SEGMENTS, SEGMENT_REDUCTIONS, flat_segments
 from polaris._src.tree_utils import scalar_hoisting
 from polaris_compiler import versions
 from polaris_compiler.errors import CompileError, LayoutError
 from polaris_compiler.export import export_text, manifest_reflection, merge_modules
 from polaris_compiler.hazards import anchored
 from polaris_compiler.layout import Layout
-from polaris_compiler.options import CompileOptions, Target, build_flags, layout_notes
+from polaris_compiler.options import GPU_TARGETS, CompileOptions, Target, build_flags, layout_notes
 
 
 @dataclasses.dataclass
@@ -86,6 +86,7 @@ def compile_optimizer(
     segments: bool | None = None,
     max_segments: int = DEFAULT_MAX_SEGMENTS,
     max_rows: int = DEFAULT_MAX_ROWS,
+    segment_reduction: str = "auto",
     record: dict[str, Any] | None = None,
 ) -> Artifact:
     """Compiles ``tx`` for ``layout`` into a module exporting ``init``, ``update`` and ``step``.
@@ -103,6 +104,12 @@ def compile_optimizer(
       max_segments: the most tensors a flat module with segments serves (static; 4096).
       max_rows: the most rows (of rank >= 2 tensors) a flat module serves when ``centralize``
         needs ``row_ids`` (static; 2**20).
+      segment_reduction: how a flat module sums per tensor (``polaris._src.segments``):
+        ``"scatter"`` (any ids, any length), ``"tree"`` (fixed-size flat layouts only; the
+        runtime then requires non-decreasing ``segment_ids``, as ``pack`` makes them) or
+        ``"auto"`` (default): the tree for fixed-size layouts on GPU targets, or on the CPU once
+        the vector has at least ``TREE_MIN_ELEMENTS_PER_SEGMENT * max_segments`` elements;
+        the scatter otherwise (:func:`choose_segment_reduction`).
       record: more top-level manifest fields (e.g. parameter groups: ``polaris_compiler.groups``).
     """
     params_tree = layout.tree
@@ -120,13 +127,14 @@ def compile_optimizer(
     seg_names = _segment_inputs(tx, layout, p_leaves, s_leaves, unflat_p, unflat_s, segments, max_segments, max_rows)
     seg_leaves = [_segment_struct(layout)] * len(seg_names) if seg_names else []
     n_seg = len(seg_names)
+    reduction = choose_segment_reduction(segment_reduction, layout, max_segments, options)
 
     def in_segments(seg):
         if not seg_names:
             return contextlib.nullcontext()
         ids = dict(zip(seg_names, seg, strict=True))
         return flat_segments(
-            ids.get("segment_ids"), max_segments, row_ids=ids.get("row_ids"), num_rows=max_rows
+            ids.get("segment_ids"), max_segments, row_ids=ids.get("row_ids"), num_rows=max_rows, reduction=reduction
         )
 
     def init_fn(*p):
@@ -198,6 +206,7 @@ def compile_optimizer(
         manifest["segments"] = {"leaves": list(seg_names)}
         if "segment_ids" in seg_names:
             manifest["segments"]["max"] = max_segments
+            manifest["segments"]["reduction"] = reduction  # "tree": segment_ids must be non-decreasing
         if "row_ids" in seg_names:
             manifest["segments"]["max_rows"] = max_rows
     reducing = [f for f, fn, a in (("update", update_fn, update_args), ("step", step_fn, step_args)) if _reduces_dynamic_length(fn, a)]
@@ -221,6 +230,35 @@ def compile_optimizer(
 # need to know where the tensors are. The index vectors are (n, 1) int32 columns: IREE 3.13
 # cannot reshape a dynamic-length vector into a column inside the module.
 SEGMENT_INPUTS = ("segment_ids", "row_ids")
+
+
+# The CPU break-even of the tree against the scatter (docs/performance.md, fifth pass): the
+# scatter costs ~4-8 ns an element, the tree ~0.3 ns an element plus ~75 ns per possible segment.
+TREE_MIN_ELEMENTS_PER_SEGMENT = 24
+
+
+def choose_segment_reduction(requested: str, layout: Layout, max_segments: int, options: CompileOptions) -> str:
+    """``"tree"`` or ``"scatter"``: how a flat module of ``layout`` sums per tensor (a pure
+    function of the request, the layout's static size, ``max_segments`` and the targets)."""
+    if requested not in ("auto", *SEGMENT_REDUCTIONS):
+        raise LayoutError(
+            f"compile_optimizer: `segment_reduction` must be one of 'auto', "
+            f"{', '.join(map(repr, SEGMENT_REDUCTIONS))}; got {requested!r}"
+        )
+    size = layout.size if layout.kind == "flat" else None
+    if requested == "tree" and size is None:
+        raise LayoutError(
+            "compile_optimizer: segment_reduction='tree' needs a fixed-size flat layout "
+            "(Layout.flat(size=N), polaris compile ... --size N): the tree's levels have static "
+            "lengths; use 'scatter' (or 'auto') for a flat module of any length"
+        )
+    if requested != "auto":
+        return requested
+    if size is None:
+        return "scatter"
+    if any(t in GPU_TARGETS for t in options.targets):
+        return "tree"  # a GPU scatter runs one workgroup per element (1.1 s at 1e7 on an H200)
+    return "tree" if size >= TREE_MIN_ELEMENTS_PER_SEGMENT * max_segments else "scatter"
 
 
 def _segment_struct(layout: Layout) -> jax.ShapeDtypeStruct:

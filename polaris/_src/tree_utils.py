@@ -243,6 +243,17 @@ def per_tensor_safe_norm(x, min_norm, what: str = "a per-tensor reduction"):
     return ctx.broadcast(_safe_sqrt(ctx.sums(jnp.square(x32), what), min_norm))
 
 
+def per_tensor_of_sum_sq(f, xs, what: str = "a per-tensor reduction"):
+    """``f(sum(xs[0]**2), sum(xs[1]**2), ...)`` per tensor, float32: a scalar per leaf, or inside
+    ``flat_segments`` computed once per segment and broadcast back once (one gather for the
+    result instead of one per reduction)."""
+    ctx = _segments()
+    sq = [jnp.square(jnp.asarray(x).astype(STATE_DTYPE)) for x in xs]
+    if ctx is None:
+        return f(*[full_sum(s) for s in sq])
+    return ctx.broadcast(f(*[ctx.sums(s, what) for s in sq]))
+
+
 def per_tensor_safe_rms(x, min_rms, what: str = "a per-tensor reduction"):
     """``max(rms(x), min_rms)`` over ``x``'s tensor (per segment inside ``flat_segments``), in
     one reduction as :func:`per_tensor_safe_norm`."""

@@ -32,11 +32,13 @@ def scale_by_trust_ratio(
       ICLR 2020. https://arxiv.org/abs/1904.00962
     """
 
-    def one(g, p):
-        pn = tu.per_tensor_safe_norm(p, min_norm, "scale_by_trust_ratio")
-        un = tu.per_tensor_safe_norm(g, min_norm, "scale_by_trust_ratio")
+    def factor(p_sq, u_sq):  # per tensor, from the two sums of squares
+        pn, un = tu._safe_sqrt(p_sq, min_norm), tu._safe_sqrt(u_sq, min_norm)
         ratio = trust_coefficient * pn / (un + eps)
-        safe = jnp.where(jnp.logical_or(pn == 0.0, un == 0.0), 1.0, ratio)
+        return jnp.where(jnp.logical_or(pn == 0.0, un == 0.0), 1.0, ratio)
+
+    def one(g, p):
+        safe = tu.per_tensor_of_sum_sq(factor, (p, g), "scale_by_trust_ratio")
         return (g.astype(tu.STATE_DTYPE) * safe).astype(g.dtype)
 
     def apply(updates, params):

@@ -41,7 +41,7 @@ def default_output(name: str, options: dict, defaults: dict, layout, dtype: str,
     return "-".join(parts) + ".vmfb"
 
 
-def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra, max_segments=None, max_rows=None, size=None, asynchronous=False) -> str | None:
+def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra, max_segments=None, max_rows=None, size=None, asynchronous=False, segment_reduction="auto") -> str | None:
     from polaris_compiler import cache
 
     try:
@@ -65,6 +65,7 @@ def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch,
             **({"max_segments": max_segments} if max_segments is not None else {}),
             **({"max_rows": max_rows} if max_rows is not None else {}),
             **({"async": True} if asynchronous else {}),
+            **({"segment_reduction": segment_reduction} if segment_reduction != "auto" else {}),
         }
     )
 
@@ -102,9 +103,10 @@ def _say(msg: str) -> None:
 @click.option("--iree-flag", "extra", multiple=True, help="Extra flag passed to iree-compile (repeatable).")
 @click.option("--no-cache", is_flag=True, help="Compile even if the compile cache holds this module (also POLARIS_NO_CACHE=1).")
 @click.option("--max-segments", type=click.IntRange(min=1), default=None, help="Flat layout: the most tensors the module serves when its transforms reduce per tensor (lamb, lars, fromage, adafactor). Default 4096. See docs/flat-modules.md.")
+@click.option("--segment-reduction", type=click.Choice(["auto", "tree", "scatter"]), default="auto", show_default=True, help="Flat layout, transforms that reduce per tensor: 'tree' (needs --size; segment ids must be non-decreasing, as pack() makes them; no scatter: fast on GPUs and on large CPU vectors), 'scatter' (any ids, any length) or 'auto' (tree for --size modules on GPU targets, or on the CPU from 24 x --max-segments elements). See docs/flat-modules.md.")
 @click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Flat layout: the most rows (of rank >= 2 tensors) for centralize. Default 1048576.")
 @click.option("--freeze", "freeze", multiple=True, metavar="PATTERN", help="Leaves whose names match get zero updates and no optimizer state (repeatable; e.g. 'embed/*'). Needs a layout file.")
-def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_triple, cuda_arch, vulkan_target, save_temps, asynchronous, extra, no_cache, max_segments, max_rows, freeze):
+def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_triple, cuda_arch, vulkan_target, save_temps, asynchronous, extra, no_cache, max_segments, segment_reduction, max_rows, freeze):
     """Compile optimizer NAME to an IREE module exporting init, update and step.
 
     OPTIONS are KEY=VALUE pairs (see `polaris list`); a learning rate may be a schedule,
@@ -121,7 +123,7 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
         raise UsageFailure("--size fixes the length of the flat layout; a --layout file already fixes every shape: pass one or the other")
     key = None
     if not (no_cache or save_temps) and cache.enabled():
-        key = _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, (*extra, *(f"freeze={f}" for f in freeze)), max_segments, max_rows, size, asynchronous)
+        key = _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, (*extra, *(f"freeze={f}" for f in freeze)), max_segments, max_rows, size, asynchronous, segment_reduction)
         hit = cache.get(key) if key else None
         if hit is not None:
             data, info = hit
@@ -190,7 +192,7 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
     _say(f"[2/3] tracing init/update/step with jax.export and compiling for {where} ...")
     try:
         bounds = {k: v for k, v in (("max_segments", max_segments), ("max_rows", max_rows)) if v is not None}
-        art = compile_optimizer(tx, lay, copts, name=name, optimizer_options=full, record=record, **bounds)
+        art = compile_optimizer(tx, lay, copts, name=name, optimizer_options=full, record=record, segment_reduction=segment_reduction, **bounds)
     except CompileError as e:
         raise UsageFailure(str(e)) from None
     except PolarisError as e:

@@ -81,6 +81,8 @@ def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) 
         if "max_rows" in seg:
             bounds.append(f"{seg['max_rows']} rows")
         click.echo(f"  takes segments: {', '.join(seg['leaves'])} (at most {', '.join(bounds)}; docs/flat-modules.md)")
+        if seg.get("reduction") == "tree":
+            click.echo("  per-tensor sums: tree (segment_ids must be non-decreasing: each tensor one run, in order)")
     for fname, f in m.functions.items():
         donates = f" (donates {', '.join(f.donates)})" if f.donates else ""
         click.echo(f"  {fname}({', '.join(f.inputs)}) -> ({', '.join(f.outputs)}){donates}")

@@ -36,11 +36,37 @@ def config_for(driver: str) -> rt.Config:
                     f"{', '.join(sorted(available))}"
                 )
             try:
-                cfg = rt.Config(device=rt.get_device(driver))
+                device = rt.get_driver(driver).create_device_by_uri(driver, allocators=device_allocators(driver))
+                cfg = rt.Config(device=device)
             except (RuntimeError, ValueError) as e:
                 raise DeviceError(f"could not open a device for driver {driver!r}: {e}") from None
             _configs[driver] = cfg
         return cfg
+
+
+CPU_DRIVERS = ("local-sync", "local-task")
+ALLOCATORS = ("caching", "default")
+
+
+def device_allocators(driver: str) -> list[str] | None:
+    """The HAL allocator chain a new device of ``driver`` gets: IREE's caching allocator on the
+    CPU drivers, the driver's own elsewhere. ``POLARIS_DEVICE_ALLOCATOR=default`` (or
+    ``caching``) overrides.
+
+    Measured (docs/performance.md, fifth pass): a step's transient buffers are allocated and
+    freed every call; on the CPU, buffers past glibc's mmap threshold come back as fresh pages
+    that fault on first touch, which made a 10M-parameter flat LAMB step 142 ms instead of 61 ms.
+    The caching allocator keeps freed blocks for the next call (memory stays at the peak).
+    """
+    choice = os.environ.get("POLARIS_DEVICE_ALLOCATOR", "").strip().lower()
+    if choice and choice not in ALLOCATORS:
+        raise DeviceError(
+            f"POLARIS_DEVICE_ALLOCATOR={choice!r} is not an allocator polaris knows; use one of "
+            f"{', '.join(ALLOCATORS)} (or unset it: caching on CPU drivers)"
+        )
+    if not choice:
+        choice = "caching" if driver.split("://")[0] in CPU_DRIVERS else "default"
+    return ["caching"] if choice == "caching" else None
 
 
 def default_cpu_driver() -> str:

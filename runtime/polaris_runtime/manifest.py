@@ -182,6 +182,16 @@ def _check_segments(d: dict, groups: dict) -> None:
     for leaf, key in (("segment_ids", "max"), ("row_ids", "max_rows")):
         if leaf in seg["leaves"] and not (isinstance(seg.get(key), int) and seg[key] >= 1):
             raise ModuleError(f"the module's manifest is malformed: segments.{key} must be a positive int")
+    reduction = seg.get("reduction", "scatter")  # absent in modules compiled before it existed
+    if reduction not in SEGMENT_REDUCTIONS:
+        raise ModuleError(
+            f"the module's manifest names segments.reduction {reduction!r}, which this runtime does "
+            f"not know (it knows {', '.join(map(repr, SEGMENT_REDUCTIONS))}); upgrade polaris-iree-runtime"
+        )
+
+
+# How a flat module sums per tensor (polaris._src.segments): "tree" needs non-decreasing ids.
+SEGMENT_REDUCTIONS = ("scatter", "tree")
 
 
 def _runtime_version() -> str:

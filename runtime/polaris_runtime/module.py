@@ -716,6 +716,20 @@ class _CallPlan:
         return out
 
 
+def _check_non_decreasing(fname: str, ids: np.ndarray) -> None:
+    """segment_ids of a module whose segments.reduction is "tree": each tensor one run, in order."""
+    drops = np.flatnonzero(ids[1:] < ids[:-1])
+    if drops.size:
+        i = int(drops[0]) + 1
+        raise BindingError(
+            f"{fname}(): segments leaf 'segment_ids' must be non-decreasing for this module (it sums "
+            f"each tensor over one contiguous run: segments.reduction = 'tree'), but id {int(ids[i])} "
+            f"at element {i} follows {int(ids[i - 1])}; polaris_runtime.pack.pack makes such ids (keep "
+            f"each tensor's elements together and in order), or recompile with "
+            f"--segment-reduction scatter"
+        )
+
+
 def _in_place(before: tuple, after: tuple) -> bool:
     """Whether each result view is the argument view's buffer, shape and element type."""
     return len(before) == len(after) and all(
@@ -822,12 +836,20 @@ class Optimizer(Module):
             return {"segments": segments}
         return {"segments": self._segment_arrays(fname, segments)}
 
+    @property
+    def _scatters(self) -> bool:
+        """Whether a per-tensor sum of this flat module is a scatter (segments.reduction
+        "scatter", or centralize's row sums, which always are)."""
+        seg = self.manifest.segments or {}
+        return seg.get("reduction", "scatter") == "scatter" or "row_ids" in seg.get("leaves", ())
+
     def _check_workgroup_limit(self, fname: str, n: int) -> None:
         """IREE 3.13 runs a segment sum (a scatter) as one workgroup per element; Vulkan devices
         limited to 65535 workgroups per dimension (measured: Mesa llvmpipe; Mali and Adreno
-        report the same limit) silently sum only part of a longer vector. Refuse instead."""
+        report the same limit) silently sum only part of a longer vector. Refuse instead.
+        (The tree reduction of fixed-size modules has no scatter and no such limit.)"""
         family = self._limited_vulkan()
-        if family is not None and n > VULKAN_SCATTER_LIMIT:
+        if family is not None and self._scatters and n > VULKAN_SCATTER_LIMIT:
             raise BindingError(
                 f"{fname}(): this module's per-tensor reductions cannot cover {n} elements on a "
                 f"Vulkan {family} device ({self._built_for}): it runs at most {VULKAN_SCATTER_LIMIT} "
@@ -893,6 +915,8 @@ class Optimizer(Module):
                     f"{fname}(): segments leaf {s.name!r} has dtype {a.dtype}; expected integer ids (int32)"
                 )
             lo, hi = bounds[s.name]
+            if s.name == "segment_ids" and info.get("reduction") == "tree":
+                _check_non_decreasing(fname, a[:, 0])
             if not trusted and a.size:
                 a_min, a_max = int(a.min()), int(a.max())
                 if a_min < lo:
