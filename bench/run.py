@@ -6,7 +6,7 @@ Peers, each timed with its state and parameters resident where it computes:
   Trees; the gradients pre-uploaded once, so no host copy per call);
 * ``polaris-fixed`` (flat sizes and the GPT-2 flat form): the same, with the module compiled
   for exactly that many elements (``polaris compile --size N``: static shapes, so IREE records
-  the step once and replays it; LAMB from 98304 elements sums per tensor with the segment tree
+  the step once and replays it; LAMB from 163840 elements sums per tensor with the segment tree
   instead of the scatter, docs/flat-modules.md);
 * ``polaris-async``: the same step compiled with ``--async`` (IREE's async-external model: a call
   returns once its work is queued, calls chained on a semaphore) on ``local-task``, whose worker

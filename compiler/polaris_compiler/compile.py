@@ -233,8 +233,9 @@ SEGMENT_INPUTS = ("segment_ids", "row_ids")
 
 
 # The CPU break-even of the tree against the scatter (docs/performance.md, fifth pass): the
-# scatter costs ~4-8 ns an element, the tree ~0.3 ns an element plus ~75 ns per possible segment.
-TREE_MIN_ELEMENTS_PER_SEGMENT = 24
+# LAMB step with the scatter costs ~8.5 ns an element, with the tree ~3.5 ns an element plus ~180 ns per
+# possible segment (2 sums and the search): even at ~37 elements per segment.
+TREE_MIN_ELEMENTS_PER_SEGMENT = 40
 
 
 def choose_segment_reduction(requested: str, layout: Layout, max_segments: int, options: CompileOptions) -> str:
