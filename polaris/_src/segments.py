@@ -78,7 +78,7 @@ class FlatSegments:
         ``(num_segments,)`` (``(num_rows,)``); ids out of range (``-1``) are dropped."""
         ids = self._ids(kind, x, what)
         if kind == "segment_ids" and self.reduction == "tree":
-            return _tree_sum(jnp.asarray(x).astype(_F32), *self._runs(ids, what))
+            return _tree_sum(x, *self._runs(ids, what))
         return _scatter_sum(x, ids, self.num_segments if kind == "segment_ids" else self.num_rows)
 
     def counts(self, x, what: str = "a per-tensor reduction", kind: str = "segment_ids"):

@@ -169,7 +169,7 @@ def scalar(value, dtype=STATE_DTYPE):
 
 def safe_norm(x, min_norm):
     """``max(||x||, min_norm)`` with a gradient that is finite at ``x = 0`` (Optax's ``safe_norm``;
-    the transforms use :func:`per_tensor_safe_norm`, its value in one reduction)."""
+    the transforms use :func:`per_tensor_of_sum_sq`, its value in one reduction)."""
     x = jnp.asarray(x)
     norm = jnp.sqrt(full_sum(jnp.square(x.astype(STATE_DTYPE))))
     masked = jnp.where(norm <= min_norm, jnp.ones_like(x), x)
@@ -205,11 +205,7 @@ def _segments():
 
 def per_tensor_sum_sq(x, what: str = "a per-tensor reduction"):
     """``sum(x**2)`` over ``x``'s tensor, in float32 (per segment inside ``flat_segments``)."""
-    x32 = jnp.asarray(x).astype(STATE_DTYPE)
-    ctx = _segments()
-    if ctx is None:
-        return full_sum(jnp.square(x32))
-    return ctx.broadcast(ctx.sums(jnp.square(x32), what))
+    return per_tensor_of_sum_sq(lambda sq: sq, (x,), what)
 
 
 def per_tensor_norm(x, what: str = "a per-tensor reduction"):
@@ -236,11 +232,8 @@ def _safe_sqrt(sq, floor):
 
 def per_tensor_safe_norm(x, min_norm, what: str = "a per-tensor reduction"):
     """:func:`safe_norm` over ``x``'s tensor (per segment inside ``flat_segments``: one pass)."""
-    ctx = _segments()
-    x32 = jnp.asarray(x).astype(STATE_DTYPE)
-    if ctx is None:  # one reduction: the value of safe_norm, whose masked second pass only
-        return _safe_sqrt(full_sum(jnp.square(x32)), min_norm)  # shapes a gradient
-    return ctx.broadcast(_safe_sqrt(ctx.sums(jnp.square(x32), what), min_norm))
+    # one reduction: the value of safe_norm, whose masked second pass only shapes a gradient
+    return per_tensor_of_sum_sq(lambda sq: _safe_sqrt(sq, min_norm), (x,), what)
 
 
 def per_tensor_of_sum_sq(f, xs, what: str = "a per-tensor reduction"):

@@ -44,7 +44,6 @@ def config_for(driver: str) -> rt.Config:
         return cfg
 
 
-CPU_DRIVERS = ("local-sync", "local-task")
 ALLOCATORS = ("caching", "default")
 
 
@@ -65,7 +64,7 @@ def device_allocators(driver: str) -> list[str] | None:
             f"{', '.join(ALLOCATORS)} (or unset it: caching on CPU drivers)"
         )
     if not choice:
-        choice = "caching" if driver.split("://")[0] in CPU_DRIVERS else "default"
+        choice = "caching" if driver.split("://")[0] in DRIVERS_FOR_TARGET["llvm-cpu"] else "default"
     return ["caching"] if choice == "caching" else None
 
 
