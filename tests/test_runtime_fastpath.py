@@ -9,6 +9,8 @@ arrays, segments) still goes through the checks and their errors.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -61,6 +63,7 @@ def test_plan_engages_and_matches_the_checked_path_bit_for_bit(adam, checked_cal
         g = [dev.upload(adam.device, _grads(i))]  # fresh device grads each step, as a loss module gives
         p, s = adam.step(p, g, s)
     assert len(checked_calls) == 1, "only the first step should go through the checked path"
+    assert adam._plans["step"].lean is not None  # the steady state: argument refs made once
     np.testing.assert_array_equal(p.numpy(), ref_p)
     for a, b in zip(s.leaves(), ref_s, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -245,6 +248,7 @@ def test_update_loop_is_planned_too(adam, checked_calls):
         kept.append(u)
     assert checked_calls == ["update"]
     assert adam._plans["update"].aliased is True  # the state is written in place ...
+    assert adam._plans["update"].lean is not None
     for u, ref in zip(kept, ref_u, strict=True):  # ... but each call's updates are its own
         np.testing.assert_array_equal(u.numpy(), ref)
     zeros = adam._zeros_cache[1]
@@ -282,3 +286,63 @@ def test_a_fixed_size_flat_module_steps_like_the_any_length_one(modules, adam, c
         np.testing.assert_array_equal(x, y)
     with pytest.raises(pr.BindingError, match=rf"has shape \({N + 1},\) but the module expects \({N},\)"):
         fixed.init(np.zeros(N + 1, np.float32))
+
+
+def test_a_leaf_set_in_the_steady_state_is_used(adam, checked_calls):
+    """``Tree.set`` between planned steps (params here; hyperparameters above): the lean path
+    sees the changed array and the checked path binds it, so the step uses the new values."""
+    g = [dev.upload(adam.device, _grads(4))]
+    p, s = np.linspace(-1, 1, N, dtype=np.float32), None
+    s = adam.init(p)
+    for _ in range(4):
+        p, s = adam.step(p, g, s)
+    assert adam._plans["step"].lean is not None
+    new = np.full(N, 3.0, np.float32)
+    p.set("params", new)
+    state = s.leaves()
+    p, s = adam.step(p, g, s)
+    assert len(checked_calls) == 2  # the first step and the one after set
+    ref = adam.init(np.zeros(N, np.float32))  # the same state, by hand, stepped from `new`
+    for name, leaf in zip(ref.names, state, strict=True):
+        ref.set(name, leaf)
+    ref_p, ref_s = adam.step(new, _grads(4), ref)
+    np.testing.assert_array_equal(p.numpy(), ref_p.numpy())
+
+
+def test_threads_sharing_a_module_each_get_their_own_gradients(adam):
+    """Two loops on one module in two threads, fresh device gradients every step, the
+    interpreter switching threads as often as it can: the module's plan is shared, and each loop
+    must still step with its own gradients and get its own results."""
+    import threading
+
+    def loop(k, steps=150):
+        p = np.linspace(-1, 1, N, dtype=np.float32) * (k + 1)
+        s = adam.init(p)
+        for i in range(steps):
+            p, s = adam.step(p, [dev.upload(adam.device, _grads(i * (k + 2)))], s)
+        return p.numpy()
+
+    sequential = [loop(0), loop(1)]
+    got, errors = [None, None], []
+    barrier = threading.Barrier(2)
+
+    def run(k):
+        try:
+            barrier.wait()
+            got[k] = loop(k)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can: races show
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    for a, b in zip(sequential, got, strict=True):
+        np.testing.assert_array_equal(a, b)
