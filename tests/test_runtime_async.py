@@ -57,10 +57,11 @@ def test_async_steps_match_the_sync_module_bit_for_bit(pair):
     for i in range(3):  # host gradients: the checked path (uploads, then queues)
         a, sa = sync.step(a, _grads(i), sa)
         b, sb = asy.step(b, _grads(i), sb)
-    g = [dev.upload(sync.device, _grads(7))]
-    for _ in range(20):  # device gradients: the planned path
+    for i in range(20):  # fresh device gradients: the planned path, then its steady state
+        g = [dev.upload(sync.device, _grads(7 + i))]
         a, sa = sync.step(a, g, sa)
         b, sb = asy.step(b, g, sb)
+    assert asy._plans["step"].fast is not None and sync._plans["step"].fast is not None
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     for x, y in zip(sa.leaves(), sb.leaves(), strict=True):
         np.testing.assert_array_equal(x, y)

@@ -63,7 +63,7 @@ def test_plan_engages_and_matches_the_checked_path_bit_for_bit(adam, checked_cal
         g = [dev.upload(adam.device, _grads(i))]  # fresh device grads each step, as a loss module gives
         p, s = adam.step(p, g, s)
     assert len(checked_calls) == 1, "only the first step should go through the checked path"
-    assert adam._plans["step"].lean is not None  # the steady state: argument refs made once
+    assert adam._plans["step"].fast is not None  # the steady state: argument refs made once
     np.testing.assert_array_equal(p.numpy(), ref_p)
     for a, b in zip(s.leaves(), ref_s, strict=True):
         np.testing.assert_array_equal(a, b)

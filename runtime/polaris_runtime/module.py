@@ -599,7 +599,7 @@ class _CallPlan:
 
     __slots__ = (
         "mod", "fname", "call", "inputs", "trusted", "checked", "last", "sig", "segments", "seg_views",
-        "outputs", "n_args", "aliased", "lean", "lean_refs", "templates", "fresh", "ret", "invoke",
+        "outputs", "n_args", "aliased", "lean", "lean_refs", "templates", "fresh", "ret", "invoke", "fast",
     )
 
     def __init__(self, mod: Module, fname: str, out: dict[str, Tree], bound: dict[str, list], segments):
@@ -625,6 +625,7 @@ class _CallPlan:
         # the argument buffer views.
         self.aliased: bool | None = None
         self.lean: tuple | None = None  # set by _make_lean once aliased is known
+        self.fast = None  # step's steady state (_make_fast_step)
 
     @classmethod
     def after(cls, mod: Module, fname: str, out: dict[str, Tree], bound: dict[str, list], segments) -> _CallPlan | None:
@@ -731,7 +732,8 @@ class _CallPlan:
         """The steady state of a loop over a module that writes its donated groups in place:
         their buffer views (and segments') are the same every call, so their argument
         references, and the attributes of the Trees that come back, are made once; only the
-        other groups (the gradients) are looked at per call."""
+        other groups (the gradients) are looked at per call. ``step`` gets a closure of its own
+        (:meth:`_make_fast_step`)."""
         pieces = []
         for g, items in zip(self.inputs, given, strict=True):
             if g in self.trusted or g == "segments":
@@ -745,64 +747,143 @@ class _CallPlan:
             if g in self.trusted:
                 t = Tree._of_views(g, specs, given[self.inputs.index(g)], dtypes, self.mod, dims)
                 self.templates[g] = dict(vars(t))
-        self.fresh = [(lo, hi) for g, _, _, lo, hi, _ in self.outputs if g not in self.trusted]
+        self.fresh = tuple((lo, hi) for g, _, _, lo, hi, _ in self.outputs if g not in self.trusted)
         self.ret = rt.VmVariantList(self.call.n_out)  # IREE empties a result list before filling it
-        self.invoke = self.mod._context.vm_context.invoke
+        self.invoke = self.mod._context.vm_context.invoke if self.mod._sem is None else None
+        self.fast = self._make_fast_step()
 
-    def _run_lean(self, groups: dict[str, Any]) -> dict[str, Tree] | None:
-        """:meth:`run` once the donated groups are known to be written in place: the same checks
-        in fewer steps (a 10k-parameter Adam step 15.1 -> 11 us, docs/performance.md sixth pass)."""
-        trusted, refs = self.trusted, []
-        for g, donated, const in self.lean:
-            if donated is None:  # gradients (or update's params): their layout checked per call
-                value, (last, last_refs) = groups[g], self.lean_refs[g]
-                got = last if len(last) == 1 and value is last[0] else self._arrays(g, value)
-                if got is None:
-                    return None
-                if got is not last:  # (one pair, replaced whole: another thread may read it)
-                    last_refs = [a._buffer_view.ref for a in got]
-                    self.lean_refs[g] = (got, last_refs)
-                    self.last[g] = got
-                refs += last_refs
-                continue
-            if donated:
-                value = groups[g]
-                if value is not trusted[g] or value._consumed_by is not None:
-                    return None
-                if value._arr is not None and value._pristine_views() is None:
-                    return None
-            refs += const
+    def _checked_refs(self, g: str, value) -> list | None:
+        """The argument refs of a group checked per call (the gradients), or None where the
+        checked path must run. The very same device array as last time needs no look."""
+        last, refs = self.lean_refs[g]
+        if len(last) == 1 and value is last[0]:
+            return refs
+        got = self._arrays(g, value)
+        if got is None:
+            return None
+        if got is not last:  # (one pair, replaced whole: another thread may read it)
+            refs = [a._buffer_view.ref for a in got]
+            self.lean_refs[g] = (got, refs)
+            self.last[g] = got
+        return refs
+
+    def _call_donating(self, donated: tuple, args: rt.VmVariantList) -> list | None:
+        """Invokes the function under the module's lock, unless one of ``donated`` was donated
+        meanwhile (then None: the checked path says so); marks them donated. Returns the views of
+        the results that are not written in place (update's updates), read under the lock
+        because the result list is the plan's."""
         mod, ret = self.mod, self.ret
-        args = rt.VmVariantList(len(refs) + 2)
-        push = args.push_ref
-        for r in refs:
-            push(r)
         lock = mod._lock
         lock.acquire()
         try:
-            for g in trusted:
-                if groups[g]._consumed_by is not None:
+            for value in donated:
+                if value._consumed_by is not None:
                     return None
-            if mod._sem is None:  # synchronous: no fences to add
+            if self.invoke is not None:  # synchronous: no fences to add
                 try:
                     self.invoke(self.call.function, args, ret)
                 except IREE_ERRORS as e:
                     raise _failed_inside_iree(self.fname, mod.driver, e) from None
             else:
                 mod._invoke(self.fname, self.call.function, args, ret)
-            for g in trusted:
-                groups[g]._consumed_by = self.fname
-            fresh = self.fresh and [tuple([ret.get_as_object(j, rt.HalBufferView) for j in range(lo, hi)]) for lo, hi in self.fresh]
+            for value in donated:
+                value._consumed_by = self.fname
+            get, bv_type = ret.get_as_object, rt.HalBufferView
+            return [tuple([get(j, bv_type) for j in range(lo, hi)]) for lo, hi in self.fresh]
         finally:
             lock.release()
-        out, templates, new = {}, self.templates, Tree.__new__
+
+    def _run_lean(self, groups: dict[str, Any]) -> dict[str, Tree] | None:
+        """:meth:`run` once the donated groups are known to be written in place: the same checks
+        in fewer steps (docs/performance.md, sixth pass)."""
+        trusted, refs, donated = self.trusted, [], []
+        for g, is_donated, const in self.lean:
+            if is_donated is None:  # gradients (or update's params): their layout checked per call
+                checked = self._checked_refs(g, groups[g])
+                if checked is None:
+                    return None
+                refs += checked
+                continue
+            if is_donated:
+                value = groups[g]
+                if value is not trusted[g] or value._consumed_by is not None:
+                    return None
+                if value._arr is not None and value._pristine_views() is None:
+                    return None
+                donated.append(value)
+            refs += const
+        args = rt.VmVariantList(len(refs) + 2)
+        push = args.push_ref
+        for r in refs:
+            push(r)
+        fresh = self._call_donating(tuple(donated), args)
+        if fresh is None:
+            return None
+        out, templates, new, mod = {}, self.templates, Tree.__new__, self.mod
         for g, specs, dims, _, _, dtypes in self.outputs:
             if g in trusted:
                 out[g] = trusted[g] = t = new(Tree)
                 t.__dict__ = templates[g].copy()
-            else:  # update's updates: new buffers, read while the lock keeps the shared list ours
+            else:  # update's updates: new buffers
                 out[g] = Tree._of_views(g, specs, fresh.pop(0), dtypes, mod, dims)
         return out
+
+    def _make_fast_step(self):
+        """``step(params, grads, state, segments)`` in the steady state as one closure: what
+        :meth:`_run_lean` does, without its loops over groups and dicts (a 10k-parameter Adam
+        step 11.3 -> 9.7 us, the time of ``jax.jit(optax)``'s; docs/performance.md sixth pass).
+        Returns ``(params, state)``, or None where the checked path must run."""
+        if (self.fname != "step" or self.inputs[:3] != ("params", "grads", "state")
+                or set(self.trusted) != {"params", "state"} or self.fresh):
+            return None
+        plan, trusted, seg = self, self.trusted, self.segments
+        p_refs, suffix = self.lean[0][2], [r for _, is_donated, const in self.lean[2:] if is_donated is not None for r in const]
+        n_args = len(p_refs) + len(self.last["grads"]) + len(suffix) + 2
+        p_tmpl, s_tmpl = self.templates["params"], self.templates["state"]
+        vm_list, new, lean_refs = rt.VmVariantList, Tree.__new__, self.lean_refs
+        lock, invoke, function, ret, fname = self.mod._lock, self.invoke, self.call.function, self.ret, self.fname
+
+        def fast(params, grads, state, segments):
+            if params is not trusted["params"] or state is not trusted["state"] or segments is not seg:
+                return None
+            if (params._arr is not None and params._pristine_views() is None) or (
+                state._arr is not None and state._pristine_views() is None
+            ):
+                return None
+            last, g_refs = lean_refs["grads"]
+            if len(last) != 1 or grads is not last[0]:
+                g_refs = plan._checked_refs("grads", grads)
+                if g_refs is None:
+                    return None
+            args = vm_list(n_args)
+            push = args.push_ref
+            for r in p_refs:
+                push(r)
+            for r in g_refs:
+                push(r)
+            for r in suffix:
+                push(r)
+            if invoke is None:  # an async module: fences from the module
+                if plan._call_donating((params, state), args) is None:
+                    return None
+            else:  # _call_donating, inlined
+                lock.acquire()
+                try:
+                    if params._consumed_by is not None or state._consumed_by is not None:
+                        return None
+                    try:
+                        invoke(function, args, ret)
+                    except IREE_ERRORS as e:
+                        raise _failed_inside_iree(fname, plan.mod.driver, e) from None
+                    params._consumed_by = state._consumed_by = fname
+                finally:
+                    lock.release()
+            p, s = new(Tree), new(Tree)
+            p.__dict__, s.__dict__ = p_tmpl.copy(), s_tmpl.copy()
+            trusted["params"], trusted["state"] = p, s
+            return p, s
+
+        return fast
 
 
 def _check_non_decreasing(fname: str, ids: np.ndarray) -> None:
@@ -877,6 +958,11 @@ class Optimizer(Module):
         """Update and apply fused: returns ``(new_params, new_state)``; params and state donated.
 
         ``segments``: as for :meth:`update` (flat modules that reduce per tensor only)."""
+        plan = self._plans.get("step")
+        if plan is not None and plan.fast is not None:
+            out = plan.fast(params, grads, state, segments)
+            if out is not None:
+                return out
         out = self._planned("step", {"params": params, "grads": grads, "state": state}, segments)
         return out["params"], out["state"]
 
