@@ -57,3 +57,29 @@ def test_keys_cover_versions_and_sources(tmp_path):
     assert k1 == cache.request_key({"optimizer": "adam"})
     assert k1 != cache.request_key({"optimizer": "adamw"})
     assert len(cache.source_digest()) == 64
+
+
+def test_a_cache_hit_imports_neither_jax_nor_iree_nor_numpy(tmp_path):
+    """The cache-hit budget (0.3 s, issue 6) leaves no room for heavy imports: the cache writes
+    through ``polaris_runtime.fileio``, whose package loads its names lazily for that reason."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "POLARIS_CACHE_DIR": str(tmp_path / "cache")}
+    args = ["compile", "sgd", "-o", str(tmp_path / "a.vmfb")]
+    subprocess.run([sys.executable, "-m", "polaris.cli", *args], env=env, check=True, capture_output=True, timeout=300)
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['polaris', *{args!r}]\n"
+        "try:\n"
+        "    runpy.run_module('polaris.cli', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "names = {m if m.startswith('iree.') else m.split('.')[0] for m in sys.modules}\n"
+        "print(sorted(names & {'jax', 'numpy', 'iree.runtime', 'iree.compiler'}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "came from the compile cache" in r.stderr
+    assert r.stdout.splitlines()[-1] == "[]", r.stdout
