@@ -136,7 +136,7 @@ def main(argv=None) -> int:
             dt, _ = timed_run([*polaris_cmd(), "compile", "adam", "-o", str(pathlib.Path(tmp) / "hit.vmfb")], env=hit_env)
             if i:
                 hits.append(dt)
-        data["compile_cache_hit"] = {"walls_s": hits, "median_s": statistics.median(hits)}
+        data["compile_cache_hit"] = {"walls_s": hits, "median_s": statistics.median(hits), "target_s": 0.3}
         C.say(f"  polaris compile adam (cache hit): {statistics.median(hits):.2f} s")
         # the same, by phase
         phases = []
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
         "## Compile", "",
         C.md_table(["what", "median", "runs", "target"], [
             [f"`{cc['cmd']}` (fresh process, cold)", f"{cc['median_s']:.2f} s", ", ".join(f"{w:.2f}" for w in cc["walls_s"]), "<= 3 s"],
-            ["the same with a compile-cache hit", f"{data['compile_cache_hit']['median_s']:.2f} s", ", ".join(f"{w:.2f}" for w in data["compile_cache_hit"]["walls_s"]), "-"],
+            ["the same with a compile-cache hit", f"{data['compile_cache_hit']['median_s']:.2f} s", ", ".join(f"{w:.2f}" for w in data["compile_cache_hit"]["walls_s"]), "<= 0.3 s"],
         ]), "",
         C.md_table(["phase (fresh process, in-process timers)", "median"], [[k, f"{v:.3f} s"] for k, v in data["compile_phases"].items()]), "",
         "## Runtime: import + load + init + first step", "",
