@@ -61,7 +61,10 @@ from _numpy_peer import NumpyStep  # noqa: E402
 from polaris_runtime import device as pr_device  # noqa: E402
 
 CACHE = C.REPO / ".cache" / "bench"
-PEERS = ("polaris", "polaris-fixed", "polaris-async", "iree-bare", "optax", "numpy")
+PEERS = ("polaris", "polaris-fixed", "polaris-whole", "polaris-async", "iree-bare", "optax", "numpy")
+# optimizers whose flat module reduces per tensor (takes segments): their one-tensor rows also
+# time the module built for one tensor (`polaris compile NAME --size N --whole-vector`)
+PER_TENSOR = ("lamb",)
 ASYNC = ("--iree-execution-model=async-external",)  # what `polaris compile --async` adds
 
 
@@ -79,7 +82,7 @@ def _source_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def compiled_module(opt: str, layout_kind: str, shapes: dict | None, cpu: str = "host", extra: tuple[str, ...] = (), size: int | None = None) -> pathlib.Path:
+def compiled_module(opt: str, layout_kind: str, shapes: dict | None, cpu: str = "host", extra: tuple[str, ...] = (), size: int | None = None, whole: bool = False) -> pathlib.Path:
     """The ``.vmfb`` of ``opt`` for the flat layout (of any length, or exactly ``size``) or a tree
     of shapes, cached in .cache/bench."""
     from polaris._src import registry
@@ -87,9 +90,9 @@ def compiled_module(opt: str, layout_kind: str, shapes: dict | None, cpu: str = 
 
     name, options = C.POLARIS[opt]
     vers = C.versions("iree-base-compiler", "jax", "polaris-iree")
-    key_src = repr((vers, name, sorted(options.items()), layout_kind, C.shape_leaves(shapes) if shapes else None, cpu, extra, C.cpu_model(), _source_digest(), size))
+    key_src = repr((vers, name, sorted(options.items()), layout_kind, C.shape_leaves(shapes) if shapes else None, cpu, extra, C.cpu_model(), _source_digest(), size, whole))
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
-    path = CACHE / f"{opt}-{layout_kind}{size or ''}-{cpu}-{key}.vmfb"
+    path = CACHE / f"{opt}-{layout_kind}{size or ''}{'-whole' if whole else ''}-{cpu}-{key}.vmfb"
     if path.exists():
         return path
     import jax
@@ -101,7 +104,10 @@ def compiled_module(opt: str, layout_kind: str, shapes: dict | None, cpu: str = 
         lay = Layout.from_tree(sds, source="bench")
     spec = registry.get(name)
     t0 = time.perf_counter()
-    art = compile_optimizer(spec.build(**options), lay, CompileOptions(cpu=cpu, extra_args=tuple(extra)), name=name, optimizer_options={**spec.defaults(), **options})
+    art = compile_optimizer(
+        spec.build(**options), lay, CompileOptions(cpu=cpu, extra_args=tuple(extra)), name=name,
+        optimizer_options={**spec.defaults(), **options}, **({"segments": False} if whole else {}),
+    )
     C.say(f"  compiled {opt} ({layout_kind}{size or ''}, cpu={cpu}) in {time.perf_counter() - t0:.1f} s")
     art.save(path)
     return path
@@ -267,6 +273,8 @@ def run_suite(args) -> dict:
                 "polaris": lambda: polaris_peer(flat, p, [g], driver),
                 # the same step compiled for exactly n elements (polaris compile --size n)
                 "polaris-fixed": lambda: polaris_peer(compiled_module(opt, "flat", None, size=n), p, [g], driver),
+                # one tensor: the module without segments (--whole-vector), where that differs
+                **({"polaris-whole": lambda: polaris_peer(compiled_module(opt, "flat", None, size=n, whole=True), p, [g], driver)} if opt in PER_TENSOR else {}),
                 "polaris-async": lambda: polaris_peer(compiled_module(opt, "flat", None, extra=ASYNC), p, [g], "local-task"),
                 "iree-bare": lambda: bare_peer(flat, [p], [g], driver),
                 "optax": lambda: optax_peer(opt, p, g),
@@ -398,7 +406,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
     results = [r for r in data["results"] if "step_s" in r]
     opts = list(dict.fromkeys(r["optimizer"] for r in results))
     floor = data["info"]["copy_bandwidth"]["floor_gbs"]
-    colors = {"polaris": "C0", "polaris-fixed": "C4", "polaris-async": "C3", "iree-bare": "C9", "optax": "C1", "numpy": "C2"}
+    colors = {"polaris": "C0", "polaris-fixed": "C4", "polaris-whole": "C5", "polaris-async": "C3", "iree-bare": "C9", "optax": "C1", "numpy": "C2"}
     many = [r for r in results if "gpt2" in r["layout"]]
     ncols = len(opts) + (1 if many else 0)
     fig, axes = plt.subplots(1, ncols, figsize=(3.4 * ncols, 3.6), squeeze=False)

@@ -96,6 +96,31 @@ def test_compile_a_fixed_size_flat_module(runner, tmp_path, monkeypatch):
     assert "layout flat, exactly 1000 elements" in run(runner, "inspect", str(out)).output
 
 
+def test_whole_vector_lamb_takes_no_segments_and_uses_one_global_trust_ratio(runner, tmp_path):
+    """``--whole-vector``: a flat LAMB without segment ids, whose trust ratio is the whole
+    vector's, as Optax's LAMB over one array computes it."""
+    import optax
+
+    import polaris_runtime as pr
+
+    out = tmp_path / "lamb.vmfb"
+    r = runner.invoke(cli, ["compile", "lamb", "learning_rate=0.01", "--size", "300", "--whole-vector", "--no-cache", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    opt = pr.load(str(out))
+    assert not opt.takes_segments and "segments" not in opt.manifest.functions["step"].inputs
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(300).astype(np.float32)
+    tx = optax.lamb(0.01)
+    ref, ref_s = p, tx.init(p)
+    s = opt.init(p)
+    for i in range(5):
+        g = rng.standard_normal(300).astype(np.float32)
+        p, s = opt.step(p, g, s)
+        u, ref_s = tx.update(g, ref_s, ref)
+        ref = optax.apply_updates(ref, u)
+    np.testing.assert_allclose(p.numpy(), ref, rtol=2e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -110,6 +135,7 @@ def test_compile_a_fixed_size_flat_module(runner, tmp_path, monkeypatch):
         (["compile", "adam", "--layout", "missing.json"], "layout file 'missing.json' does not exist"),
         (["compile", "adam", "--size", "10", "--layout", "m.json"], "--size fixes the length of the flat layout"),
         (["compile", "adam", "--size", "0"], "0 is not in the range x>=1"),
+        (["compile", "lamb", "--whole-vector", "--layout", "m.json"], "--whole-vector makes the flat layout's vector one tensor"),
         (["inspect", "missing.vmfb"], "module file 'missing.vmfb' does not exist"),
     ],
 )

@@ -507,6 +507,38 @@ def test_whole_tensor_reductions_split_large_static_tensors(shape):
     assert not bool(tu.full_all(jnp.isfinite(y)))
 
 
+@pytest.mark.parametrize("shape", [(), (1,), (7,), (4, 9), (65537,), (768, 3072)])
+def test_sum_of_squares_as_a_dot_or_a_reduction(shape):
+    """``sum_of_squares`` is a dot product by default (3-4x faster on IREE's CPU backend) and a
+    reduction of the squares inside ``dot_reductions(False)``; both match float64."""
+    from polaris._src import tree_utils as tu
+
+    x = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
+    ref = np.sum(np.asarray(x, np.float64) ** 2)
+    def traced():  # a new function each time: make_jaxpr caches traces by function
+        return str(jax.make_jaxpr(lambda v: tu.sum_of_squares(v))(x))
+
+    assert "dot_general" in traced()
+    np.testing.assert_allclose(tu.sum_of_squares(x), ref, rtol=1e-5)
+    np.testing.assert_allclose(tu.mean_of_squares(x), ref / max(x.size, 1), rtol=1e-5)
+    with tu.dot_reductions(False):
+        assert "dot_general" not in traced()
+        np.testing.assert_allclose(tu.sum_of_squares(x), ref, rtol=1e-5)
+    bf16 = jnp.asarray(x, jnp.bfloat16)  # accumulated in float32, not bfloat16
+    np.testing.assert_allclose(tu.sum_of_squares(bf16), np.sum(np.asarray(bf16, np.float64) ** 2), rtol=1e-5)
+
+
+def test_sum_of_squares_of_a_dynamic_length_is_a_reduction():
+    """IREE 3.13 cannot legalize a dot over a dynamic length: any-length flat modules reduce."""
+    from jax import export
+
+    from polaris._src import tree_utils as tu
+
+    spec = jax.ShapeDtypeStruct(export.symbolic_shape("n"), jnp.float32)
+    text = export.export(jax.jit(tu.sum_of_squares))(spec).mlir_module()
+    assert "dot_general" not in text and "reduce" in text
+
+
 @pytest.mark.parametrize(
     "value, dtype",
     [(v, d) for d in (jnp.float32, jnp.bfloat16) for v in (0.0, -0.0, 1.5, -3.25e-30, np.inf, -np.inf, np.nan, 1e38)]

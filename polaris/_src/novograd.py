@@ -63,7 +63,7 @@ def scale_by_novograd(
         count = tu.safe_increment(state.count)
         first = count == 1
         g32 = tu.cast_like(updates, state.mu)
-        sq = jax.tree.map(lambda g: tu.full_sum(jnp.square(g)), g32)
+        sq = jax.tree.map(tu.sum_of_squares, g32)
         nu = jax.tree.map(lambda s, v: tu.select(first, s, b2 * v + (1 - b2) * s), sq, state.nu)
         mu = jax.tree.map(
             lambda g, p, v, m: tu.select(first, 0.0, b1 * m)
