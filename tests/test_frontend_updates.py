@@ -528,6 +528,21 @@ def test_sum_of_squares_as_a_dot_or_a_reduction(shape):
     np.testing.assert_allclose(tu.sum_of_squares(bf16), np.sum(np.asarray(bf16, np.float64) ** 2), rtol=1e-5)
 
 
+def test_sum_of_squares_takes_one_dot_per_chunk():
+    """One dot over a long vector loses accuracy (IREE: 6e-6 at 1M); chunks of DOT_CHUNK keep it
+    at the ~1e-6 level, and at most DOT_CHUNKS_MAX of them bound the module's size."""
+    from polaris._src import tree_utils as tu
+
+    def dots(n):
+        text = str(jax.make_jaxpr(lambda v: tu.sum_of_squares(v))(jax.ShapeDtypeStruct((n,), jnp.float32)))
+        return text.count("dot_general[")
+
+    assert dots(tu.DOT_CHUNK) == 1 and dots(tu.DOT_CHUNK + 1) == 2 and dots(3 * tu.DOT_CHUNK + 5) == 4
+    assert dots(tu.DOT_CHUNK * tu.DOT_CHUNKS_MAX * 3) <= tu.DOT_CHUNKS_MAX
+    x = np.random.default_rng(1).standard_normal(3 * tu.DOT_CHUNK + 5).astype(np.float32)
+    np.testing.assert_allclose(tu.sum_of_squares(x), np.sum(np.asarray(x, np.float64) ** 2), rtol=1e-6)
+
+
 def test_sum_of_squares_of_a_dynamic_length_is_a_reduction():
     """IREE 3.13 cannot legalize a dot over a dynamic length: any-length flat modules reduce."""
     from jax import export

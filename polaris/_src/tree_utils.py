@@ -80,21 +80,35 @@ def full_mean(x):
 _DOT_REDUCTIONS = contextvars.ContextVar("polaris_dot_reductions", default=True)
 
 
+DOT_CHUNK = 262144  # elements per dot product in sum_of_squares (its error stays ~1e-6 up to here)
+DOT_CHUNKS_MAX = 64
+
+
 def sum_of_squares(x):
     """``sum(x**2)`` over every element of ``x``, accumulated in float32.
 
-    As the dot product of the flattened ``x`` with itself (the default), or as :func:`full_sum`
-    of the squares inside ``dot_reductions(False)`` and for a dynamic length. On the CPU IREE 3.13 runs the dot 3-4x
-    faster than the reduction (1M elements: 0.10 vs 0.40 ms; 10M: 1.26 vs 3.98 ms, memory-bound;
-    docs/performance.md, sixth pass) with the same accuracy (relative error ~6e-6 against
-    float64 at 1M); the compiler keeps the reduction for GPU and Vulkan targets, where the dot is
-    unmeasured and the reduction is split for Vulkan's workgroup limit (:func:`full_sum`).
+    As dot products of the flattened ``x`` with itself, one per chunk of :data:`DOT_CHUNK`
+    elements (at most :data:`DOT_CHUNKS_MAX` chunks), summed (the default); or as
+    :func:`full_sum` of the squares inside ``dot_reductions(False)`` and for a dynamic length.
+
+    On the CPU IREE 3.13 runs a dot 3-4x faster than its reduction (1M elements: 0.10 vs 0.40 ms;
+    10M: 1.3 vs 4.0 ms, memory-bound; docs/performance.md, sixth pass). The price is accuracy:
+    relative to float64 a dot is off by 1e-7 to 1e-6 up to 262144 elements and by up to 6e-6 at
+    1M, where the split reduction is off by ~6e-8 and XLA's by ~2e-9; chunks keep it at the
+    ~1e-6 level for any size. These sums only scale updates (trust ratios, clipping factors,
+    RMS), so a step moves by that relative fraction of its update. The compiler keeps the
+    reduction for GPU and Vulkan targets, where the dot is unmeasured and the reduction is
+    split for Vulkan's workgroup limit (:func:`full_sum`).
     """
     x32 = jnp.asarray(x).astype(STATE_DTYPE)
     if not _DOT_REDUCTIONS.get() or not isinstance(x32.size, int):  # IREE 3.13 cannot legalize
         return full_sum(jnp.square(x32))  # a dot over a dynamic length (any-length flat modules)
     v = jnp.reshape(x32, (-1,))
-    return jnp.dot(v, v, precision=jax.lax.Precision.HIGHEST)
+    n = v.shape[0]
+    chunk = max(DOT_CHUNK, -(-n // DOT_CHUNKS_MAX // 16) * 16)
+    parts = [v[i : i + chunk] for i in range(0, n, chunk)] or [v]
+    dots = [jnp.dot(c, c, precision=jax.lax.Precision.HIGHEST) for c in parts]
+    return dots[0] if len(dots) == 1 else jnp.sum(jnp.stack(dots))
 
 
 def mean_of_squares(x):
