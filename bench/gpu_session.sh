@@ -7,7 +7,8 @@
 # Writes 8 files (the device tool returns at most 8): $OUT/check.log (host facts first),
 # $OUT/check/gpu-check.{md,json} (correctness on local-task, cuda, vulkan), $OUT/bench.log,
 # $OUT/bench/<date>-<gpu>-gpu.{md,json} (timings vs torch, jax), $OUT/async/async.{md,json}
-# (bench/gpu_async.py: the async-external A/B and the read-back bandwidth).
+# (bench/gpu_async.py: the async-external A/B and the read-back bandwidth); bench/norms.py's
+# dot-vs-reduction table goes to $OUT/bench.log.
 # Flat LAMB is left out of the timings: its scatter takes ~1 s a step at 1e7 (docs/performance.md).
 set -uo pipefail
 OUT=${OUT:-out/gpu-results}
@@ -19,4 +20,9 @@ timeout 200 python3 bench/gpu.py --modules out/gpu-modules --out "$OUT/bench" --
 echo "gpu bench exit $?" | tee -a "$OUT/bench.log"
 timeout 60 python3 bench/gpu_async.py --modules out/gpu-modules --out "$OUT/async" >> "$OUT/bench.log" 2>&1
 echo "gpu async exit $?" | tee -a "$OUT/bench.log"
+# sum of squares as a dot or a reduction on CUDA (GPU targets keep the reduction until this says)
+if [ -d out/gpu-modules/norms ]; then
+  timeout 40 python3 bench/norms.py run out/gpu-modules/norms --device cuda >> "$OUT/bench.log" 2>&1
+  echo "norms exit $?" | tee -a "$OUT/bench.log"
+fi
 tail -n 40 "$OUT/check/gpu-check.md" "$OUT"/bench/*.md "$OUT/async/async.md" 2>/dev/null
