@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 import sys
-import time
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -59,33 +57,28 @@ def build(folder: pathlib.Path, target: str, sizes) -> None:
     (folder / "index.json").write_text(json.dumps(index, indent=1))
 
 
-def run(folder: pathlib.Path, device: str, target_s: float) -> None:
+def run(folder: pathlib.Path, device: str, target_s: float, repeats: int = 7) -> None:
     import iree.runtime as rt
 
     cfg = rt.Config(device)
-    rows = []
-    for e in json.loads((folder / "index.json").read_text()):
+    entries, timers, values = json.loads((folder / "index.json").read_text()), {}, {}
+    for e in entries:
         ctx = rt.SystemContext(config=cfg)
         vm = rt.VmModule.mmap(cfg.vm_instance, str(folder / e["file"]))
         ctx.add_vm_module(vm)
         fn = ctx.modules[vm.name]["main"]
         x = np.random.default_rng(0).standard_normal(e["n"]).astype(np.float32)
-        dx = rt.asdevicearray(cfg.device, x)
-        value = float(np.asarray(fn(dx)))
-        ref = float(np.sum(x.astype(np.float64) ** 2))
-        t0, calls = time.perf_counter(), 0
-        while time.perf_counter() - t0 < 0.2 or calls < 3:  # warm-up, and the block size
-            float(np.asarray(fn(dx)))
-            calls += 1
-        block = max(1, int(calls * target_s / 0.2))
-        samples = []
-        for _ in range(7):
-            t0 = time.perf_counter()
-            for _ in range(block):
-                r = fn(dx)
-            float(np.asarray(r))
-            samples.append((time.perf_counter() - t0) / block)
-        med = statistics.median(samples)
+        dx, last = rt.asdevicearray(cfg.device, x), [None]
+        values[e["file"]] = (float(np.asarray(fn(dx))), float(np.sum(x.astype(np.float64) ** 2)))
+
+        def step(fn=fn, dx=dx, last=last):
+            last[0] = fn(dx)
+
+        timers[e["file"]] = C.Timer(step, lambda last=last: float(np.asarray(last[0])))  # the read-back is the sync
+    C.run_interleaved(timers, repeats, 3, target_s)  # both forms of a size sampled in turn
+    rows = []
+    for e in entries:
+        med, (value, ref) = timers[e["file"]].median, values[e["file"]]
         rows.append({**e, "s": med, "gbs": 4 * e["n"] / med / 1e9, "rel_err": abs(value - ref) / ref})
         C.say(f"  {e['form']:>6} n={C.fmt_size(e['n']):>5}  {C.fmt_time(med):>9}  {rows[-1]['gbs']:6.1f} GB/s  rel err {rows[-1]['rel_err']:.1e}")
     table = [[r["form"], C.fmt_size(r["n"]), C.fmt_time(r["s"]), f"{r['gbs']:.1f}", f"{r['rel_err']:.1e}"] for r in rows]

@@ -972,7 +972,7 @@ class Optimizer(Module):
         checked call, which leaves a plan for the next one (:class:`_CallPlan`)."""
         plan = self._plans.get(fname)
         if plan is not None:
-            out = plan._run_lean(groups) if plan.lean is not None and segments is plan.segments else plan.run(groups, segments)
+            out = plan.run(groups, segments)
             if out is not None:
                 return out
         out, bound = self._call(fname, {**groups, **self._segments_input(fname, segments)})
