@@ -92,6 +92,52 @@ def test_same_gradient_arrays_every_step(adam, checked_calls):
         np.testing.assert_array_equal(a, b)
 
 
+def test_kept_argument_list_follows_the_gradient_arrays(adam, checked_calls):
+    """A synchronous module keeps the call's argument list while the gradients are the very same
+    arrays (double-buffered gradients, as a C host or a loss module with donated outputs gives
+    them); a switch to other arrays builds a new one. Results stay bit-identical to the checked
+    path for any order of switches."""
+    bufs = [[dev.upload(adam.device, _grads(k + 3))] for k in range(2)]
+    order = [0, 0, 0, 0, 1, 1, 0, 1, 0, 0, 1]
+    p = np.linspace(-1, 1, N, dtype=np.float32)
+    s = adam.init(p)
+    lists = []
+    for k in order:
+        p, s = adam.step(p, bufs[k], s)
+        plan = adam._plans["step"]
+        lists.append(None if plan.kept is None else plan.kept[1])
+    assert len(checked_calls) == 1
+    # kept in the steady state (from the third step); the same list while the gradients stay,
+    # a new one on each switch
+    assert lists[2] is not None
+    assert lists[2] is lists[3] and lists[4] is lists[5] and lists[8] is lists[9]
+    assert lists[3] is not lists[4] and lists[5] is not lists[6] and lists[9] is not lists[10]
+    ref = np.linspace(-1, 1, N, dtype=np.float32)
+    rs = adam.init(ref)
+    for k in order:
+        ref, rs = adam.step(ref, _grads(k + 3), rs)  # host grads: the checked path every time
+    np.testing.assert_array_equal(p.numpy(), ref.numpy())
+    for a, b in zip(s.leaves(), rs.leaves(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_update_keeps_its_argument_list_per_gradient_arrays(adam):
+    """``update``'s lean path keeps its argument list the same way; updates follow the switches."""
+    bufs = [[dev.upload(adam.device, _grads(k + 7))] for k in range(2)]
+    p0 = np.linspace(-1, 1, N, dtype=np.float32)
+    order, s, got, lists = [0, 0, 0, 0, 1, 1, 0, 1], adam.init(p0), [], []
+    for k in order:
+        u, s = adam.update(bufs[k], s)
+        got.append(u)
+        lists.append(adam._plans["update"].kept)
+    assert lists[2][1] is lists[3][1] and lists[4][1] is lists[5][1]
+    assert lists[3][1] is not lists[4][1] and lists[5][1] is not lists[6][1]
+    rs = adam.init(p0)
+    for k, u in zip(order, got, strict=True):
+        ru, rs = adam.update(_grads(k + 7), rs)  # host grads: the checked path
+        np.testing.assert_array_equal(u.numpy(), ru.numpy())
+
+
 def test_a_donated_tree_is_still_refused(adam):
     g = [dev.upload(adam.device, _grads(0))]
     p = np.zeros(N, np.float32)
@@ -346,3 +392,40 @@ def test_threads_sharing_a_module_each_get_their_own_gradients(adam):
     assert not errors, errors
     for a, b in zip(sequential, got, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_process_that_stepped_exits_cleanly(modules):
+    """A training script must exit with status 0: the steady state keeps IREE refs in the call
+    plans, which once outlived their device at interpreter shutdown (SIGSEGV on exit after any
+    loop of two or more steps). Sync, async and update loops, and a module dropped mid-run."""
+    import subprocess
+    import textwrap
+
+    sync = modules.path("adam", dict(learning_rate=0.05))
+    asy = modules.path("adam", dict(learning_rate=0.05), asynchronous=True)
+    script = textwrap.dedent(f"""
+        import gc, numpy as np
+        import polaris_runtime as pr
+        from polaris_runtime import device as dev
+
+        def loop(path, device, steps, update=False):
+            opt = pr.load(path, device=device)
+            p = np.linspace(-1, 1, {N}, dtype=np.float32)
+            s = opt.init(p)
+            g = [dev.upload(opt.device, np.full({N}, 0.1, np.float32))]
+            for _ in range(steps):
+                if update:
+                    u, s = opt.update(g, s)
+                else:
+                    p, s = opt.step(p, g, s)
+            return opt, p, s
+
+        loop({str(sync)!r}, "local-sync", 4)  # dropped: its plans go to the garbage collector
+        gc.collect()
+        kept = [loop({str(sync)!r}, "local-sync", 5), loop({str(asy)!r}, "local-task", 5),
+                loop({str(sync)!r}, "local-sync", 5, update=True)]
+        print("stepped", kept[0][0].step_count(kept[0][2]))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"exit status {r.returncode}\n{r.stdout}\n{r.stderr[-2000:]}"
+    assert r.stdout.strip() == "stepped 5"

@@ -18,11 +18,14 @@ Thread safety
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import operator
 import os
 import pathlib
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -256,6 +259,24 @@ VULKAN_SCATTER_LIMIT = 65535
 VULKAN_DYNAMIC_REDUCTION_LIMIT = 65535 * 8
 
 
+# Every loaded module, for _release_plans_at_exit.
+_LIVE_MODULES: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _release_plans_at_exit() -> None:
+    """Frees the call plans (IREE refs and argument lists) while their device still exists.
+
+    A plan and its module reference each other, so the plan is freed by the garbage collector;
+    left to the interpreter's shutdown, that could happen after the IREE device had gone, and
+    releasing the plan's buffer refs then crashed the process on exit (seen: SIGSEGV after any
+    loop of two or more steps). atexit runs before the interpreter tears modules down.
+    """
+    for mod in list(_LIVE_MODULES):
+        mod._plans.clear()
+    gc.collect()
+
+
 class Module:
     """A loaded ``.vmfb``: its manifest, its device and its exported functions."""
 
@@ -295,6 +316,7 @@ class Module:
         self._zeros_cache: tuple | None = None  # (shapes, device zeros) for update() without params
         reducing = manifest.raw.get("dynamic_reductions") or ()
         self._dynamic_reductions = frozenset(reducing) if self._limited_vulkan() else frozenset()
+        _LIVE_MODULES.add(self)
 
     @property
     def device(self):
@@ -600,7 +622,7 @@ class _CallPlan:
 
     __slots__ = (
         "mod", "fname", "call", "inputs", "trusted", "checked", "last", "sig", "segments", "seg_views",
-        "outputs", "n_args", "aliased", "lean", "lean_refs", "templates", "fresh", "ret", "invoke", "fast",
+        "outputs", "n_args", "aliased", "lean", "lean_refs", "templates", "fresh", "ret", "invoke", "fast", "kept",
     )
 
     def __init__(self, mod: Module, fname: str, out: dict[str, Tree], bound: dict[str, list], segments):
@@ -627,6 +649,8 @@ class _CallPlan:
         self.aliased: bool | None = None
         self.lean: tuple | None = None  # set by _make_lean once aliased is known
         self.fast = None  # step's steady state (_make_fast_step)
+        # _run_lean's argument list of a synchronous module, with the checked groups' refs it holds
+        self.kept: tuple | None = None
 
     @classmethod
     def after(cls, mod: Module, fname: str, out: dict[str, Tree], bound: dict[str, list], segments) -> _CallPlan | None:
@@ -797,13 +821,14 @@ class _CallPlan:
     def _run_lean(self, groups: dict[str, Any]) -> dict[str, Tree] | None:
         """:meth:`run` once the donated groups are known to be written in place: the same checks
         in fewer steps (docs/performance.md, sixth pass)."""
-        trusted, refs, donated = self.trusted, [], []
+        trusted, refs, donated, checked_refs = self.trusted, [], [], []
         for g, is_donated, const in self.lean:
             if is_donated is None:  # gradients (or update's params): their layout checked per call
                 checked = self._checked_refs(g, groups[g])
                 if checked is None:
                     return None
                 refs += checked
+                checked_refs.append(checked)
                 continue
             if is_donated:
                 value = groups[g]
@@ -813,10 +838,16 @@ class _CallPlan:
                     return None
                 donated.append(value)
             refs += const
-        args = rt.VmVariantList(len(refs) + 2)
-        push = args.push_ref
-        for r in refs:
-            push(r)
+        kept = self.kept
+        if kept is not None and len(kept[0]) == len(checked_refs) and all(map(operator.is_, kept[0], checked_refs)):
+            args = kept[1]
+        else:
+            args = rt.VmVariantList(len(refs) + 2)
+            push = args.push_ref
+            for r in refs:
+                push(r)
+            if self.invoke is not None:  # synchronous: kept while the checked groups are unchanged
+                self.kept = (tuple(checked_refs), args)  # (an async module appends fences to it)
         fresh = self._call_donating(tuple(donated), args)
         if fresh is None:
             return None
@@ -843,6 +874,22 @@ class _CallPlan:
         p_tmpl, s_tmpl = self.templates["params"], self.templates["state"]
         vm_list, new, lean_refs = rt.VmVariantList, Tree.__new__, self.lean_refs
         lock, invoke, function, ret, fname = self.mod._lock, self.invoke, self.call.function, self.ret, self.fname
+        # A synchronous module's argument list is kept (plan.kept, as _run_lean keeps it) while the
+        # gradients are the same arrays: IREE reads the list and leaves it as it was, and every
+        # other entry is a buffer written in place, the same each call. Building it anew costs
+        # 1.5 us of a 10 us step (a 10k Adam; docs/performance.md, seventh pass). Keyed by the
+        # gradients' ref list, which _checked_refs replaces whole when the gradients change; one
+        # tuple, swapped whole, so threads sharing the module read a matching pair.
+        def build(g_refs):
+            args = vm_list(n_args)
+            push = args.push_ref
+            for r in p_refs:
+                push(r)
+            for r in g_refs:
+                push(r)
+            for r in suffix:
+                push(r)
+            return args
 
         def fast(params, grads, state, segments):
             if params is not trusted["params"] or state is not trusted["state"] or segments is not seg:
@@ -856,18 +903,16 @@ class _CallPlan:
                 g_refs = plan._checked_refs("grads", grads)
                 if g_refs is None:
                     return None
-            args = vm_list(n_args)
-            push = args.push_ref
-            for r in p_refs:
-                push(r)
-            for r in g_refs:
-                push(r)
-            for r in suffix:
-                push(r)
-            if invoke is None:  # an async module: fences from the module
-                if plan._call_donating((params, state), args) is None:
+            if invoke is None:  # an async module: the module appends this call's fences to the list
+                if plan._call_donating((params, state), build(g_refs)) is None:
                     return None
             else:  # _call_donating, inlined
+                kept = plan.kept
+                if kept is not None and kept[0][0] is g_refs:
+                    args = kept[1]
+                else:
+                    args = build(g_refs)
+                    plan.kept = ((g_refs,), args)
                 lock.acquire()
                 try:
                     if params._consumed_by is not None or state._consumed_by is not None:
