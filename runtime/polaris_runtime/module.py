@@ -212,6 +212,15 @@ def _same_arrays(a: Sequence[Any], b: Sequence[Any]) -> bool:
     return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
+def _is_last(value, last: tuple) -> bool:
+    """Whether ``value`` (an array, or a list or tuple of them) holds exactly the arrays ``last``:
+    the cheap test for gradients passed again as they were (0.4 -> 0.1 us)."""
+    t = type(value)
+    if t is list or t is tuple:
+        return len(value) == len(last) and (value[0] is last[0] if len(last) == 1 else _same_arrays(value, last))
+    return len(last) == 1 and value is last[0]
+
+
 def _merge_dims(dims: dict[str, int], known: tuple) -> bool:
     """Adds ``known`` to ``dims``; False (and ``dims`` unchanged) if any value disagrees."""
     if any(dims.get(d, n) != n for d, n in known):
@@ -273,7 +282,12 @@ def _release_plans_at_exit() -> None:
     loop of two or more steps). atexit runs before the interpreter tears modules down.
     """
     for mod in list(_LIVE_MODULES):
-        mod._plans.clear()
+        with mod._lock:
+            plans = list(mod._plans.values())
+            mod._plans.clear()
+            for plan in plans:
+                if plan is not None:
+                    plan._release()
     gc.collect()
 
 
@@ -652,6 +666,11 @@ class _CallPlan:
         # _run_lean's argument list of a synchronous module, with the checked groups' refs it holds
         self.kept: tuple | None = None
 
+    def _release(self) -> None:
+        """Drops the IREE refs and lists this plan holds (at exit, see _release_plans_at_exit),
+        also where something outside the module still holds the plan."""
+        self.fast = self.lean = self.lean_refs = self.kept = self.ret = None
+
     @classmethod
     def after(cls, mod: Module, fname: str, out: dict[str, Tree], bound: dict[str, list], segments) -> _CallPlan | None:
         """A plan from the checked call that bound ``bound`` and returned ``out``, if one fits."""
@@ -781,7 +800,7 @@ class _CallPlan:
         """The argument refs of a group checked per call (the gradients), or None where the
         checked path must run. The very same device array as last time needs no look."""
         last, refs = self.lean_refs[g]
-        if len(last) == 1 and value is last[0]:
+        if _is_last(value, last):
             return refs
         got = self._arrays(g, value)
         if got is None:
@@ -899,7 +918,7 @@ class _CallPlan:
             ):
                 return None
             last, g_refs = lean_refs["grads"]
-            if len(last) != 1 or grads is not last[0]:
+            if not _is_last(grads, last):
                 g_refs = plan._checked_refs("grads", grads)
                 if g_refs is None:
                     return None
