@@ -355,17 +355,21 @@ def test_a_leaf_set_in_the_steady_state_is_used(adam, checked_calls):
     np.testing.assert_array_equal(p.numpy(), ref_p.numpy())
 
 
-def test_threads_sharing_a_module_each_get_their_own_gradients(adam):
-    """Two loops on one module in two threads, fresh device gradients every step, the
-    interpreter switching threads as often as it can: the module's plan is shared, and each loop
-    must still step with its own gradients and get its own results."""
+@pytest.mark.parametrize("persistent", [False, True], ids=["fresh-grads", "persistent-grads"])
+def test_threads_sharing_a_module_each_get_their_own_gradients(adam, persistent):
+    """Two loops on one module in two threads, fresh device gradients every step (or each its
+    own persistent ones, whose argument lists the plans keep), the interpreter switching threads
+    as often as it can: the module's plan is shared, and each loop must still step with its own
+    gradients and get its own results."""
     import threading
 
     def loop(k, steps=150):
         p = np.linspace(-1, 1, N, dtype=np.float32) * (k + 1)
         s = adam.init(p)
+        mine = [dev.upload(adam.device, _grads(k + 2))]
         for i in range(steps):
-            p, s = adam.step(p, [dev.upload(adam.device, _grads(i * (k + 2)))], s)
+            g = mine if persistent else [dev.upload(adam.device, _grads(i * (k + 2)))]
+            p, s = adam.step(p, g, s)
         return p.numpy()
 
     sequential = [loop(0), loop(1)]
