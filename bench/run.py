@@ -8,6 +8,9 @@ Peers, each timed with its state and parameters resident where it computes:
   for exactly that many elements (``polaris compile --size N``: static shapes, so IREE records
   the step once and replays it; LAMB from 163840 elements sums per tensor with the segment tree
   instead of the scatter, docs/flat-modules.md);
+* ``polaris-whole`` (LAMB's one-tensor rows): the module built for one tensor (``--whole-vector``);
+* ``polaris-aligned`` (LAMB's flat rows): ``--size N --segment-reduction aligned``, the model
+  packed with every tensor at a multiple of 16 elements (``pack(params, align=16)``);
 * ``polaris-async``: the same step compiled with ``--async`` (IREE's async-external model: a call
   returns once its work is queued, calls chained on a semaphore) on ``local-task``, whose worker
   threads then run one step while Python issues the next;
@@ -61,7 +64,7 @@ from _numpy_peer import NumpyStep  # noqa: E402
 from polaris_runtime import device as pr_device  # noqa: E402
 
 CACHE = C.REPO / ".cache" / "bench"
-PEERS = ("polaris", "polaris-fixed", "polaris-whole", "polaris-async", "iree-bare", "optax", "numpy")
+PEERS = ("polaris", "polaris-fixed", "polaris-whole", "polaris-aligned", "polaris-async", "iree-bare", "optax", "numpy")
 # optimizers whose flat module reduces per tensor (takes segments): their one-tensor rows also
 # time the module built for one tensor (`polaris compile NAME --size N --whole-vector`)
 PER_TENSOR = ("lamb",)
@@ -82,17 +85,18 @@ def _source_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def compiled_module(opt: str, layout_kind: str, shapes: dict | None, cpu: str = "host", extra: tuple[str, ...] = (), size: int | None = None, whole: bool = False) -> pathlib.Path:
-    """The ``.vmfb`` of ``opt`` for the flat layout (of any length, or exactly ``size``) or a tree
-    of shapes, cached in .cache/bench."""
+def compiled_module(opt: str, layout_kind: str, shapes: dict | None, cpu: str = "host", extra: tuple[str, ...] = (), size: int | None = None, whole: bool = False, aligned: bool = False) -> pathlib.Path:
+    """The ``.vmfb`` of ``opt`` for the flat layout (of any length, or exactly ``size``; ``whole``:
+    one tensor, ``aligned``: ``--segment-reduction aligned``) or a tree of shapes, cached in
+    .cache/bench."""
     from polaris._src import registry
     from polaris_compiler import CompileOptions, Layout, compile_optimizer
 
     name, options = C.POLARIS[opt]
     vers = C.versions("iree-base-compiler", "jax", "polaris-iree")
-    key_src = repr((vers, name, sorted(options.items()), layout_kind, C.shape_leaves(shapes) if shapes else None, cpu, extra, C.cpu_model(), _source_digest(), size, whole))
+    key_src = repr((vers, name, sorted(options.items()), layout_kind, C.shape_leaves(shapes) if shapes else None, cpu, extra, C.cpu_model(), _source_digest(), size, whole, aligned))
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
-    path = CACHE / f"{opt}-{layout_kind}{size or ''}{'-whole' if whole else ''}-{cpu}-{key}.vmfb"
+    path = CACHE / f"{opt}-{layout_kind}{size or ''}{'-whole' if whole else ''}{'-aligned' if aligned else ''}-{cpu}-{key}.vmfb"
     if path.exists():
         return path
     import jax
@@ -107,6 +111,7 @@ def compiled_module(opt: str, layout_kind: str, shapes: dict | None, cpu: str = 
     art = compile_optimizer(
         spec.build(**options), lay, CompileOptions(cpu=cpu, extra_args=tuple(extra)), name=name,
         optimizer_options={**spec.defaults(), **options}, **({"segments": False} if whole else {}),
+        **({"segment_reduction": "aligned"} if aligned else {}),
     )
     C.say(f"  compiled {opt} ({layout_kind}{size or ''}, cpu={cpu}) in {time.perf_counter() - t0:.1f} s")
     art.save(path)
@@ -275,6 +280,8 @@ def run_suite(args) -> dict:
                 "polaris-fixed": lambda: polaris_peer(compiled_module(opt, "flat", None, size=n), p, [g], driver),
                 # one tensor: the module without segments (--whole-vector), where that differs
                 **({"polaris-whole": lambda: polaris_peer(compiled_module(opt, "flat", None, size=n, whole=True), p, [g], driver)} if opt in PER_TENSOR else {}),
+                # blocks of 16 (--segment-reduction aligned), one tensor here
+                **({"polaris-aligned": lambda: polaris_peer(compiled_module(opt, "flat", None, size=n, aligned=True), p, [g], driver)} if opt in PER_TENSOR and n % 16 == 0 else {}),
                 "polaris-async": lambda: polaris_peer(compiled_module(opt, "flat", None, extra=ASYNC), p, [g], "local-task"),
                 "iree-bare": lambda: bare_peer(flat, [p], [g], driver),
                 "optax": lambda: optax_peer(opt, p, g),
@@ -314,10 +321,14 @@ def run_suite(args) -> dict:
             # numpy has no flat LAMB with per-tensor trust ratios: it gets the tensors as views
             np_p = [fp[a : a + n_] for a, n_ in zip(packing.offsets[:-1], packing.sizes, strict=True)] if opt == "lamb" else [fp]
             np_g = [fg[a : a + n_] for a, n_ in zip(packing.offsets[:-1], packing.sizes, strict=True)] if opt == "lamb" else [fg]
+            if opt in PER_TENSOR:  # the model packed with every tensor at a multiple of 16
+                fp16, packing16 = pack(packing.unpack(fp), align=16)
+                fg16 = packing16.pack(packing.unpack(fg))
             make = {
                 "polaris": lambda: polaris_peer(flat, fp, [fg], driver, segments=packing),
                 # --size of the packed model: for LAMB the segment tree instead of the scatter
                 "polaris-fixed": lambda: polaris_peer(compiled_module(opt, "flat", None, size=total), fp, [fg], driver, segments=packing),
+                **({"polaris-aligned": lambda: polaris_peer(compiled_module(opt, "flat", None, size=packing16.size, aligned=True), fp16, [fg16], driver, segments=packing16)} if opt in PER_TENSOR else {}),
                 "iree-bare": lambda: bare_peer(flat, [fp], [fg], driver, segments=packing),
                 "optax": lambda: optax_peer(opt, fp, fg),
                 "numpy": lambda: numpy_peer(opt, np_p, np_g),
@@ -325,6 +336,8 @@ def run_suite(args) -> dict:
             make = {k: v for k, v in make.items() if k in args.peers}
             measure_group(opt, f"{label} flat", "flat", total, make, reps, args.warmup, args.target_s, results, floor)
             del fp, fg, np_p, np_g
+            if opt in PER_TENSOR:
+                del fp16, fg16
     info["finished"] = C.now()
     info["seconds"] = round(time.perf_counter() - t_start, 1)
     try:
@@ -406,7 +419,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
     results = [r for r in data["results"] if "step_s" in r]
     opts = list(dict.fromkeys(r["optimizer"] for r in results))
     floor = data["info"]["copy_bandwidth"]["floor_gbs"]
-    colors = {"polaris": "C0", "polaris-fixed": "C4", "polaris-whole": "C5", "polaris-async": "C3", "iree-bare": "C9", "optax": "C1", "numpy": "C2"}
+    colors = {"polaris": "C0", "polaris-fixed": "C4", "polaris-whole": "C5", "polaris-aligned": "C6", "polaris-async": "C3", "iree-bare": "C9", "optax": "C1", "numpy": "C2"}
     many = [r for r in results if "gpt2" in r["layout"]]
     ncols = len(opts) + (1 if many else 0)
     fig, axes = plt.subplots(1, ncols, figsize=(3.4 * ncols, 3.6), squeeze=False)

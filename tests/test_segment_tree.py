@@ -121,7 +121,7 @@ def test_choice_of_reduction():
     assert choose_segment_reduction("tree", small, k, cpu) == "tree"
     with pytest.raises(LayoutError, match="fixed-size flat layout.*--size N"):
         choose_segment_reduction("tree", Layout.flat(), k, cpu)
-    with pytest.raises(LayoutError, match="'auto', 'scatter', 'tree'; got 'fast'"):
+    with pytest.raises(LayoutError, match="'auto', 'scatter', 'tree', 'aligned'; got 'fast'"):
         choose_segment_reduction("fast", big, k, cpu)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ from polaris._src.base import (
     transform_names,
     tree_leaves_with_names,
 )
-from polaris._src.segments import DEFAULT_MAX_ROWS, DEFAULT_MAX_SEGMENTS, SEGMENT_REDUCTIONS, flat_segments
+from polaris._src.segments import DEFAULT_MAX_ROWS, DEFAULT_MAX_SEGMENTS, SEGMENT_ALIGN, SEGMENT_REDUCTIONS, flat_segments
 from polaris._src.tree_utils import dot_reductions, scalar_hoisting
 from polaris_compiler import versions
 from polaris_compiler.errors import CompileError, LayoutError
@@ -116,10 +117,13 @@ def compile_optimizer(
         needs ``row_ids`` (static; 2**20).
       segment_reduction: how a flat module sums per tensor (``polaris._src.segments``):
         ``"scatter"`` (any ids, any length), ``"tree"`` (fixed-size flat layouts only; the
-        runtime then requires non-decreasing ``segment_ids``, as ``pack`` makes them) or
-        ``"auto"`` (default): the tree for fixed-size layouts on GPU targets, or on the CPU once
-        the vector has at least ``TREE_MIN_ELEMENTS_PER_SEGMENT * max_segments`` elements;
-        the scatter otherwise (:func:`choose_segment_reduction`).
+        runtime then requires non-decreasing ``segment_ids``, as ``pack`` makes them),
+        ``"aligned"`` (fixed-size flat layouts of a multiple of 16 elements, packed with
+        ``pack(tree, align=16)``: every tensor starts a block of 16; the fastest for LAMB, LARS
+        and Fromage, not for per-tensor means or ``centralize``) or ``"auto"`` (default): the
+        tree for fixed-size layouts on GPU targets, or on the CPU once the vector has at least
+        ``TREE_MIN_ELEMENTS_PER_SEGMENT * max_segments`` elements; the scatter otherwise
+        (:func:`choose_segment_reduction`; never "aligned", which needs its own packing).
       record: more top-level manifest fields (e.g. parameter groups: ``polaris_compiler.groups``).
     """
     params_tree = layout.tree
@@ -135,35 +139,43 @@ def compile_optimizer(
         return jax.tree.unflatten(s_def, list(xs))
 
     seg_names = _segment_inputs(tx, layout, p_leaves, s_leaves, unflat_p, unflat_s, segments, max_segments, max_rows)
-    seg_leaves = [_segment_struct(layout)] * len(seg_names) if seg_names else []
     n_seg = len(seg_names)
     reduction = choose_segment_reduction(segment_reduction, layout, max_segments, options)
+    aligned = bool(seg_names) and reduction == "aligned"
+    block_sums = _aligned_block_sums(layout, max_segments, options) if aligned else "tree"
+    seg_leaves = [_segment_struct(layout, aligned)] * n_seg if seg_names else []
+    # "aligned": the transforms see every flat vector as (n / 16, 16) blocks (segments.py)
+    blocks = functools.partial(_as_blocks, n=layout.size) if aligned else list
 
     def in_segments(seg):
         if not seg_names:
             return contextlib.nullcontext()
         ids = dict(zip(seg_names, seg, strict=True))
         return flat_segments(
-            ids.get("segment_ids"), max_segments, row_ids=ids.get("row_ids"), num_rows=max_rows, reduction=reduction
+            ids.get("segment_ids"), max_segments, row_ids=ids.get("row_ids"), num_rows=max_rows, reduction=reduction,
+            block_sums=block_sums,
         )
 
     def init_fn(*p):
-        return tuple(jax.tree.leaves(tx.init(unflat_p(p))))
+        return _abi_shapes(jax.tree.leaves(tx.init(unflat_p(blocks(p)))), s_leaves)
 
     def update_fn(*args):
         args, seg = args[: len(args) - n_seg], args[len(args) - n_seg :]
-        g, s, p = args[:n_p], args[n_p : n_p + n_s], args[n_p + n_s :]
+        g, s, p = blocks(args[:n_p]), blocks(args[n_p : n_p + n_s]), blocks(args[n_p + n_s :])
         with in_segments(seg):
             u, s2 = tx.update(unflat_p(g), unflat_s(s), unflat_p(p))
-        return (*jax.tree.leaves(u), *_check_state(s_def, s_leaves, s2))
+        return (*_abi_shapes(jax.tree.leaves(u), p_leaves), *_abi_shapes(_check_state(s_def, s_leaves, s2), s_leaves))
 
     def step_fn(*args):
         args, seg = args[: len(args) - n_seg], args[len(args) - n_seg :]
-        p, g, s = args[:n_p], args[n_p : 2 * n_p], args[2 * n_p :]
+        p, g, s = blocks(args[:n_p]), blocks(args[n_p : 2 * n_p]), blocks(args[2 * n_p :])
         params = unflat_p(p)
         with in_segments(seg):
             u, s2 = tx.update(unflat_p(g), unflat_s(s), params)
-        return (*jax.tree.leaves(apply_updates(params, u)), *_check_state(s_def, s_leaves, s2))
+        return (
+            *_abi_shapes(jax.tree.leaves(apply_updates(params, u)), p_leaves),
+            *_abi_shapes(_check_state(s_def, s_leaves, s2), s_leaves),
+        )
 
     t0 = time.perf_counter()
     # In-place outputs, pinned leaf to leaf: update's state i -> its state output i; step's
@@ -217,6 +229,8 @@ def compile_optimizer(
         if "segment_ids" in seg_names:
             manifest["segments"]["max"] = max_segments
             manifest["segments"]["reduction"] = reduction  # "tree": segment_ids must be non-decreasing
+            if aligned:  # one id per block of `align` elements; tensors start at block boundaries
+                manifest["segments"]["align"] = SEGMENT_ALIGN
         if "row_ids" in seg_names:
             manifest["segments"]["max_rows"] = max_rows
     reducing = [f for f, fn, a in (("update", update_fn, update_args), ("step", step_fn, step_args)) if _reduces_dynamic_length(fn, a)]
@@ -257,11 +271,17 @@ def choose_segment_reduction(requested: str, layout: Layout, max_segments: int, 
             f"{', '.join(map(repr, SEGMENT_REDUCTIONS))}; got {requested!r}"
         )
     size = layout.size if layout.kind == "flat" else None
-    if requested == "tree" and size is None:
+    if requested in ("tree", "aligned") and size is None:
         raise LayoutError(
-            "compile_optimizer: segment_reduction='tree' needs a fixed-size flat layout "
+            f"compile_optimizer: segment_reduction={requested!r} needs a fixed-size flat layout "
             "(Layout.flat(size=N), polaris compile ... --size N): the tree's levels have static "
             "lengths; use 'scatter' (or 'auto') for a flat module of any length"
+        )
+    if requested == "aligned" and size % SEGMENT_ALIGN:
+        raise LayoutError(
+            f"compile_optimizer: segment_reduction='aligned' needs a size that is a multiple of "
+            f"{SEGMENT_ALIGN} (every tensor starts a block of {SEGMENT_ALIGN}), got {size}; use the "
+            f"size of polaris_runtime.pack.Packing.of(params, align={SEGMENT_ALIGN})"
         )
     if requested != "auto":
         return requested
@@ -272,8 +292,31 @@ def choose_segment_reduction(requested: str, layout: Layout, max_segments: int, 
     return "tree" if size >= TREE_MIN_ELEMENTS_PER_SEGMENT * max_segments else "scatter"
 
 
-def _segment_struct(layout: Layout) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct((layout.tree.shape[0], 1), jnp.int32)
+def _aligned_block_sums(layout: Layout, max_segments: int, options: CompileOptions) -> str:
+    """How an "aligned" module sums its blocks per tensor: the tree on GPU targets and from
+    ``TREE_MIN_ELEMENTS_PER_SEGMENT`` blocks per possible segment, else a scatter over the blocks
+    (the same break-even as for elements: a 10k LAMB step 540 us with the tree of 4096 possible
+    segments, docs/performance.md eighth pass)."""
+    if any(t in GPU_TARGETS for t in options.targets):
+        return "tree"
+    blocks = layout.size // SEGMENT_ALIGN
+    return "tree" if blocks >= TREE_MIN_ELEMENTS_PER_SEGMENT * max_segments else "scatter"
+
+
+def _segment_struct(layout: Layout, aligned: bool = False) -> jax.ShapeDtypeStruct:
+    n = layout.tree.shape[0]
+    return jax.ShapeDtypeStruct((n // SEGMENT_ALIGN if aligned else n, 1), jnp.int32)
+
+
+def _as_blocks(xs, n: int) -> list:
+    """The "aligned" reduction's view: every vector of the flat length ``n`` as (n / 16, 16)
+    blocks (a free reshape in IREE); other leaves (scalars) as they are."""
+    return [jnp.reshape(x, (n // SEGMENT_ALIGN, SEGMENT_ALIGN)) if jnp.shape(x) == (n,) else x for x in xs]
+
+
+def _abi_shapes(xs, structs) -> list:
+    """``xs`` back in the module's shapes (``structs``): undoes :func:`_as_blocks`."""
+    return [jnp.reshape(x, st.shape) if jnp.shape(x) != st.shape else x for x, st in zip(xs, structs, strict=True)]
 
 
 def _segment_inputs(tx, layout, p_leaves, s_leaves, unflat_p, unflat_s, segments, max_segments, max_rows) -> list[str]:

@@ -83,6 +83,12 @@ def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) 
         click.echo(f"  takes segments: {', '.join(seg['leaves'])} (at most {', '.join(bounds)}; docs/flat-modules.md)")
         if seg.get("reduction") == "tree":
             click.echo("  per-tensor sums: tree (segment_ids must be non-decreasing: each tensor one run, in order)")
+        elif seg.get("reduction") == "aligned":
+            a = seg.get("align")
+            click.echo(
+                f"  per-tensor sums: aligned (every tensor starts at a multiple of {a} elements: "
+                f"polaris_runtime.pack.pack(params, align={a}); one segment id per block of {a})"
+            )
     for fname, f in m.functions.items():
         donates = f" (donates {', '.join(f.donates)})" if f.donates else ""
         click.echo(f"  {fname}({', '.join(f.inputs)}) -> ({', '.join(f.outputs)}){donates}")

@@ -188,10 +188,13 @@ def _check_segments(d: dict, groups: dict) -> None:
             f"the module's manifest names segments.reduction {reduction!r}, which this runtime does "
             f"not know (it knows {', '.join(map(repr, SEGMENT_REDUCTIONS))}); upgrade polaris-iree-runtime"
         )
+    if reduction == "aligned" and not (isinstance(seg.get("align"), int) and seg["align"] >= 1):
+        raise ModuleError("the module's manifest is malformed: segments.align must be a positive int for 'aligned'")
 
 
-# How a flat module sums per tensor (polaris._src.segments): "tree" needs non-decreasing ids.
-SEGMENT_REDUCTIONS = ("scatter", "tree")
+# How a flat module sums per tensor (polaris._src.segments): "tree" needs non-decreasing ids,
+# "aligned" one non-decreasing id per block of segments.align elements.
+SEGMENT_REDUCTIONS = ("scatter", "tree", "aligned")
 
 
 def _runtime_version() -> str:

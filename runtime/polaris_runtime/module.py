@@ -951,18 +951,50 @@ class _CallPlan:
         return fast
 
 
-def _check_non_decreasing(fname: str, ids: np.ndarray) -> None:
-    """segment_ids of a module whose segments.reduction is "tree": each tensor one run, in order."""
+def _check_non_decreasing(fname: str, ids: np.ndarray, reduction: str = "tree", unit: str = "element") -> None:
+    """segment_ids of a module whose segments.reduction is "tree" or "aligned": each tensor one
+    run, in order."""
     drops = np.flatnonzero(ids[1:] < ids[:-1])
     if drops.size:
         i = int(drops[0]) + 1
         raise BindingError(
             f"{fname}(): segments leaf 'segment_ids' must be non-decreasing for this module (it sums "
-            f"each tensor over one contiguous run: segments.reduction = 'tree'), but id {int(ids[i])} "
-            f"at element {i} follows {int(ids[i - 1])}; polaris_runtime.pack.pack makes such ids (keep "
+            f"each tensor over one contiguous run: segments.reduction = {reduction!r}), but id {int(ids[i])} "
+            f"at {unit} {i} follows {int(ids[i - 1])}; polaris_runtime.pack.pack makes such ids (keep "
             f"each tensor's elements together and in order), or recompile with "
             f"--segment-reduction scatter"
         )
+
+
+def _block_ids(fname: str, ids: np.ndarray, blocks: int, align: int, packing_align: int | None) -> np.ndarray:
+    """An aligned module's segment ids, one per block of ``align`` elements ((blocks, 1)), from
+    ids per element (each block holding one id) or per block; ``packing_align``: the align of
+    the Packing they came from, if they did."""
+    fix = f"pack the model with polaris_runtime.pack.pack(params, align={align}) (and its grads with packing.pack)"
+    if packing_align is not None and packing_align % align:
+        raise BindingError(
+            f"{fname}(): this module sums per tensor over blocks of {align} elements (segments.reduction "
+            f"= 'aligned'), so every tensor must start at a multiple of {align}, but the Packing given "
+            f"has align={packing_align}; {fix}"
+        )
+    n = ids.shape[0]
+    if n == blocks:
+        return ids
+    if n != blocks * align:
+        raise BindingError(
+            f"{fname}(): segments leaf 'segment_ids' has {n} ids; this module takes one per element "
+            f"({blocks * align}) or one per block of {align} ({blocks})"
+        )
+    per_block = ids.reshape(blocks, align)
+    mixed = np.flatnonzero((per_block != per_block[:, :1]).any(axis=1))
+    if mixed.size:
+        b = int(mixed[0])
+        raise BindingError(
+            f"{fname}(): this module sums per tensor over blocks of {align} elements (segments.reduction "
+            f"= 'aligned'), but block {b} (elements {b * align}..{b * align + align - 1}) holds the ids "
+            f"{sorted(set(per_block[b].tolist()))}: a tensor starts inside it; {fix}"
+        )
+    return np.ascontiguousarray(per_block[:, :1])
 
 
 def _in_place(before: tuple, after: tuple) -> bool:
@@ -1155,6 +1187,10 @@ class Optimizer(Module):
                     f"{fname}(): segments leaf {s.name!r} has dtype {a.dtype}; expected integer ids (int32)"
                 )
             lo, hi = bounds[s.name]
+            if s.name == "segment_ids" and info.get("reduction") == "aligned":
+                a = _block_ids(fname, a, int(s.shape[0]), int(info["align"]), getattr(segments, "align", None) if trusted else None)
+                if not trusted:
+                    _check_non_decreasing(fname, a[:, 0], "aligned", "block")
             if s.name == "segment_ids" and info.get("reduction") == "tree" and not trusted:
                 _check_non_decreasing(fname, a[:, 0])  # a Packing's are, by construction
             if not trusted and a.size:

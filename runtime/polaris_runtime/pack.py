@@ -18,6 +18,12 @@ to which tensor::
 * ``Packing.row_ids`` (int32 ``[n]``): the global index of the row (slice along axis 0) each
   element of a rank >= 2 tensor belongs to, ``-1`` for tensors of rank <= 1; taken by modules
   that ``centralize``.
+
+``pack(tree, align=16)`` starts every tensor at a multiple of 16 elements, zeros between them
+(padding elements belong to the tensor before them): the layout of flat modules compiled with
+``--segment-reduction aligned``, whose per-tensor sums and broadcasts then work on whole blocks
+of 16 (docs/flat-modules.md). Grads must be packed the same way (``packing.pack(grads)``), so the
+padding stays zero.
 """
 
 from __future__ import annotations
@@ -54,13 +60,16 @@ class Packing:
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     dtype: str = "float32"
+    align: int = 1  # every tensor starts at a multiple of this many elements (zeros between)
 
     def __post_init__(self):
         if len(self.names) != len(self.shapes):
             raise ValueError(f"Packing: {len(self.names)} names but {len(self.shapes)} shapes")
+        if isinstance(self.align, bool) or not isinstance(self.align, int) or self.align < 1:
+            raise ValueError(f"Packing: align must be a positive int (elements), got {self.align!r}")
 
     @classmethod
-    def of(cls, tree: Mapping, dtype: str | np.dtype = "float32") -> Packing:
+    def of(cls, tree: Mapping, dtype: str | np.dtype = "float32", align: int = 1) -> Packing:
         """The packing of ``tree``'s leaves (their shapes only; no data is copied)."""
         leaves = _flatten(tree)
         if not leaves:
@@ -69,6 +78,7 @@ class Packing:
             tuple(n for n, _ in leaves),
             tuple(tuple(int(d) for d in np.shape(v)) for _, v in leaves),
             np.dtype(dtype).name,
+            align,
         )
 
     # -- geometry ---------------------------------------------------------------------------
@@ -77,9 +87,15 @@ class Packing:
         return tuple(math.prod(s) for s in self.shapes)
 
     @functools.cached_property
+    def spans(self) -> tuple[int, ...]:
+        """Each tensor's size rounded up to ``align``: the elements it occupies, padding included."""
+        a = self.align
+        return tuple(-(-m // a) * a for m in self.sizes)
+
+    @functools.cached_property
     def offsets(self) -> tuple[int, ...]:
         """Start of each tensor in the vector (and the total length last)."""
-        return tuple(int(x) for x in np.concatenate([[0], np.cumsum(self.sizes, dtype=np.int64)]))
+        return tuple(int(x) for x in np.concatenate([[0], np.cumsum(self.spans, dtype=np.int64)]))
 
     @property
     def size(self) -> int:
@@ -98,8 +114,8 @@ class Packing:
 
     @functools.cached_property
     def segment_ids(self) -> np.ndarray:
-        """int32 ``[n]``: the tensor index of every element."""
-        ids = np.repeat(np.arange(self.num_segments, dtype=np.int32), self.sizes)
+        """int32 ``[n]``: the tensor index of every element (padding: the tensor before it)."""
+        ids = np.repeat(np.arange(self.num_segments, dtype=np.int32), self.spans)
         ids.setflags(write=False)
         return ids
 
@@ -127,7 +143,7 @@ class Packing:
             raise ValueError(
                 f"pack: the tree does not match the packing: missing {missing}, unexpected {extra}"
             )
-        out = np.empty(self.size, self.dtype)
+        out = np.empty(self.size, self.dtype) if self.align == 1 else np.zeros(self.size, self.dtype)
         for name, shape, start, size in zip(self.names, self.shapes, self.offsets, self.sizes, strict=False):
             a = np.asarray(leaves[name])
             if a.shape != shape:
@@ -160,16 +176,21 @@ class Packing:
 
     def to_dict(self) -> dict:
         """A JSON-able description (store it next to a checkpoint of a flat module)."""
-        return {"names": list(self.names), "shapes": [list(s) for s in self.shapes], "dtype": self.dtype}
+        d = {"names": list(self.names), "shapes": [list(s) for s in self.shapes], "dtype": self.dtype}
+        if self.align != 1:
+            d["align"] = self.align
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> Packing:
-        return cls(tuple(d["names"]), tuple(tuple(s) for s in d["shapes"]), d.get("dtype", "float32"))
+        return cls(tuple(d["names"]), tuple(tuple(s) for s in d["shapes"]), d.get("dtype", "float32"), int(d.get("align", 1)))
 
 
-def pack(tree: Mapping, dtype: str | np.dtype = "float32") -> tuple[np.ndarray, Packing]:
-    """``(flat, packing)``: ``tree``'s leaves end to end in ABI order, cast to ``dtype``."""
-    packing = Packing.of(tree, dtype)
+def pack(tree: Mapping, dtype: str | np.dtype = "float32", align: int = 1) -> tuple[np.ndarray, Packing]:
+    """``(flat, packing)``: ``tree``'s leaves end to end in ABI order, cast to ``dtype``; with
+    ``align`` > 1 each starts at a multiple of ``align`` elements, zeros between them (for
+    modules compiled with ``--segment-reduction aligned``: ``align=16``)."""
+    packing = Packing.of(tree, dtype, align)
     return packing.pack(tree), packing
 
 

@@ -1,0 +1,239 @@
+"""Aligned flat modules (``--segment-reduction aligned``): every tensor starts a block of 16.
+
+``pack(params, align=16)`` pads each tensor with zeros to a multiple of 16 elements; the module
+then sees its flat vectors as ``(n / 16, 16)`` blocks, takes one segment id per block, sums per
+tensor from dense block sums and broadcasts per-tensor values with one gather per block (no
+per-element gather, no materialised squares). These tests pin its numbers to float64 sums and to
+eager JAX on the model's own tree, keep the padding at zero, and check every rule around it
+(the packing's alignment, ids constant per block and non-decreasing, the size, the transforms it
+refuses, the manifest, the CLI).
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import polaris_runtime as pr
+from polaris._src import tree_utils as tu
+from polaris._src.base import tree_leaves_with_names
+from polaris._src.segments import SEGMENT_ALIGN, flat_segments
+from polaris_compiler import CompileOptions, Layout, LayoutError, Target, compile_optimizer
+from polaris_compiler.compile import TREE_MIN_ELEMENTS_PER_SEGMENT, _aligned_block_sums, choose_segment_reduction
+from polaris_runtime.manifest import Manifest
+from polaris_runtime.pack import Packing, pack
+
+from test_flat_segments import CASES, MODEL_A, eager_tree_run, random_tree
+
+A = SEGMENT_ALIGN
+
+
+# -- packing -----------------------------------------------------------------------------------
+
+
+def test_an_aligned_packing_pads_each_tensor_with_zeros_and_unpacks_exactly():
+    rng = np.random.default_rng(0)
+    tree = {"a": rng.standard_normal((3, 5)).astype(np.float32), "b": np.ones(16, np.float32), "c": np.float32(2.0), "d": np.zeros((0,), np.float32)}
+    flat, packing = pack(tree, align=A)
+    assert packing.offsets == (0, 16, 32, 48, 48) and packing.size == 48
+    assert packing.spans == (16, 16, 16, 0) and packing.sizes == (15, 16, 1, 0)
+    np.testing.assert_array_equal(flat[15], 0.0)  # padding after "a"
+    np.testing.assert_array_equal(flat[33:48], 0.0)  # after the scalar "c"
+    np.testing.assert_array_equal(packing.segment_ids, np.repeat([0, 1, 2], 16))  # padding: the tensor before
+    back = packing.unpack(flat)
+    for k in ("a", "b"):
+        np.testing.assert_array_equal(back[k], tree[k])
+    assert back["c"] == 2.0 and back["d"].shape == (0,)
+    assert Packing.from_dict(json.loads(json.dumps(packing.to_dict()))) == packing
+    assert "align" not in pack(tree)[1].to_dict()  # unaligned packings read as before
+    with pytest.raises(ValueError, match="align must be a positive int"):
+        Packing.of(tree, align=0)
+
+
+# -- the frontend: sums and broadcasts over blocks ---------------------------------------------
+
+
+def _aligned_model(rng, sizes):
+    spans = [-(-m // A) * A for m in sizes]
+    x = np.zeros(sum(spans), np.float32)
+    o = 0
+    for m, s in zip(sizes, spans, strict=True):
+        x[o : o + m] = rng.standard_normal(m)
+        o += s
+    block_ids = np.repeat(np.arange(len(sizes), dtype=np.int32), [s // A for s in spans])
+    return x, spans, block_ids
+
+
+@pytest.mark.parametrize("block_sums", ["tree", "scatter"])
+def test_aligned_sums_equal_float64_per_tensor_sums(block_sums):
+    rng = np.random.default_rng(5)
+    sizes = [5, 40, 1, 0, 3000, 17, 16]
+    x, spans, block_ids = _aligned_model(rng, sizes)
+
+    @jax.jit
+    def f(v, ids):
+        with flat_segments(ids, 8, reduction="aligned", block_sums=block_sums):
+            return tu.per_tensor_sum_sq(v.reshape(-1, A))
+
+    got = np.asarray(f(x, block_ids))
+    assert got.shape == (x.size // A, A)  # broadcast back to every element of every block
+    starts = np.cumsum([0, *spans[:-1]])
+    for k, (o, m) in enumerate(zip(starts, sizes, strict=True)):
+        if m:
+            want = (x[o : o + m].astype(np.float64) ** 2).sum()
+            np.testing.assert_allclose(got.reshape(-1)[o : o + spans[k]], want, rtol=2e-6, err_msg=f"tensor {k}")
+
+
+def test_aligned_context_refuses_counts_rows_and_other_shapes():
+    ids = np.zeros((4, 1), np.int32)
+    x = np.ones((4, A), np.float32)
+    with flat_segments(ids, 2, reduction="aligned") as ctx:
+        with pytest.raises(ValueError, match="element count.*zero padding.*'tree' or 'scatter'"):
+            tu.per_tensor_rms(x)
+        with pytest.raises(ValueError, match=r"leaf has shape \(64,\), expected \(4, 16\)"):
+            ctx.sums(x.reshape(-1))
+    with flat_segments(ids, 2, row_ids=np.zeros((64, 1), np.int32), reduction="aligned"):
+        with pytest.raises(ValueError, match="needs row_ids.*does not take"):
+            tu.per_row_mean(x)
+    with pytest.raises(ValueError, match="block_sums.*'tree' or 'scatter'"):
+        with flat_segments(ids, 2, reduction="aligned", block_sums="dense"):
+            pass
+
+
+# -- the compiler ------------------------------------------------------------------------------
+
+
+def test_aligned_needs_a_fixed_size_of_whole_blocks_and_is_never_chosen_by_auto():
+    cpu = CompileOptions()
+    assert choose_segment_reduction("aligned", Layout.flat(size=64 * A), 8, cpu) == "aligned"
+    assert choose_segment_reduction("auto", Layout.flat(size=64 * A), 8, cpu) != "aligned"
+    with pytest.raises(LayoutError, match="'aligned' needs a fixed-size flat layout"):
+        choose_segment_reduction("aligned", Layout.flat(), 8, cpu)
+    with pytest.raises(LayoutError, match=f"multiple of {A}.*got 1000.*align={A}"):
+        choose_segment_reduction("aligned", Layout.flat(size=1000), 8, cpu)
+    k = 8
+    assert _aligned_block_sums(Layout.flat(size=TREE_MIN_ELEMENTS_PER_SEGMENT * k * A), k, cpu) == "tree"
+    assert _aligned_block_sums(Layout.flat(size=TREE_MIN_ELEMENTS_PER_SEGMENT * k * A - A), k, cpu) == "scatter"
+    assert _aligned_block_sums(Layout.flat(size=A), k, CompileOptions(target=Target.CUDA)) == "tree"
+
+
+def test_transforms_that_need_counts_or_rows_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match="element count.*--segment-reduction"):
+        compile_optimizer(CASES["adafactor"](), Layout.flat(size=4 * A), name="adafactor", segment_reduction="aligned", max_segments=4)
+    with pytest.raises(ValueError, match="row_ids.*aligned flat module does not take"):
+        compile_optimizer(CASES["centralize-adam"](), Layout.flat(size=4 * A), name="c", segment_reduction="aligned", max_segments=4)
+
+
+# -- compiled modules ----------------------------------------------------------------------------
+
+_modules: dict = {}
+
+
+def _aligned(case: str, size: int, max_segments: int) -> pr.Optimizer:
+    key = (case, size, max_segments)
+    if key not in _modules:
+        _modules[key] = compile_optimizer(CASES[case](), Layout.flat(size=size), name=case, segment_reduction="aligned", max_segments=max_segments)
+    return pr.load(_modules[key].vmfb, device="local-sync")
+
+
+def _run(opt, packing, flat, grads):
+    seg = opt.upload_segments(packing)
+    p, s = flat, opt.init(flat)
+    for g in grads:
+        p, s = opt.step(p, packing.pack(g), s, segments=seg)
+    return p, s
+
+
+def _assert_matches_eager(case, got_flat, packing, want):
+    got = packing.unpack(got_flat)
+    for (name, x), (_, y) in zip(tree_leaves_with_names(got), tree_leaves_with_names(want), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=f"{case}: {name}")
+    pad = np.ones(packing.size, bool)
+    for o, m in zip(packing.offsets, packing.sizes, strict=False):
+        pad[o : o + m] = False
+    np.testing.assert_array_equal(np.asarray(got_flat)[pad], 0.0, err_msg=f"{case}: padding moved")
+
+
+@pytest.mark.parametrize("case", ["lamb", "lars", "fromage"])
+def test_aligned_module_steps_like_eager_jax_on_the_tree(case):
+    """20 steps on MODEL_A (tensors of 12, 4 and 12 elements: all padded), against the transform
+    run eagerly on the model's own tree; the padding stays zero."""
+    rng = np.random.default_rng(23)
+    params = random_tree(rng, MODEL_A)
+    flat, packing = pack(params, align=A)
+    opt = _aligned(case, packing.size, 8)
+    assert opt.manifest.segments == {"leaves": ["segment_ids"], "max": 8, "reduction": "aligned", "align": A}
+    assert [s.shape for s in opt.manifest.group("segments")] == [(packing.size // A, 1)]
+    grads = [random_tree(rng, MODEL_A) for _ in range(20)]
+    want, _ = eager_tree_run(CASES[case](), params, grads)
+    p, _s = _run(opt, packing, flat, grads)
+    _assert_matches_eager(case, p.numpy(), packing, want)
+
+
+BIG = {"emb": (700, 13), "b": (3,), "head": (5000,), "scale": ()}  # 882 blocks: the tree of block sums
+
+
+@pytest.fixture(scope="module")
+def big():
+    params = random_tree(np.random.default_rng(2), BIG)
+    flat, packing = pack(params, align=A)
+    assert packing.size // A >= TREE_MIN_ELEMENTS_PER_SEGMENT * 8  # so its block sums take the tree
+    return params, flat, packing, _aligned("lamb", packing.size, 8)
+
+
+def test_aligned_module_over_many_blocks_matches_eager_jax(big):
+    params, flat, packing, opt = big
+    rng = np.random.default_rng(4)
+    grads = [random_tree(rng, BIG) for _ in range(5)]
+    want, _ = eager_tree_run(CASES["lamb"](), params, grads)
+    p, _s = _run(opt, packing, flat, grads)
+    _assert_matches_eager("lamb", p.numpy(), packing, want)
+
+
+def test_aligned_module_takes_ids_per_element_or_per_block_and_refuses_the_rest(big):
+    _params, flat, packing, opt = big
+    blocks = packing.size // A
+    per_element = np.asarray(packing.segment_ids)
+    a = opt.upload_segments({"segment_ids": per_element})
+    b = opt.upload_segments({"segment_ids": per_element[::A]})
+    np.testing.assert_array_equal(a["segment_ids"], b["segment_ids"])
+    assert a["segment_ids"].shape == (blocks, 1)
+    with pytest.raises(pr.BindingError, match=r"Packing given has align=1.*pack\(params, align=16\)"):
+        opt.upload_segments(pack(_params)[1])
+    mixed = per_element.copy()
+    mixed[A * 3 + 5] += 1
+    with pytest.raises(pr.BindingError, match=r"block 3 \(elements 48\.\.63\) holds the ids.*a tensor starts inside it"):
+        opt.upload_segments({"segment_ids": mixed})
+    with pytest.raises(pr.BindingError, match=f"has 100 ids; this module takes one per element \\({blocks * A}\\) or one per block of 16 \\({blocks}\\)"):
+        opt.upload_segments({"segment_ids": np.zeros(100, np.int32)})
+    swapped = per_element[::A].copy()
+    swapped[[0, -1]] = swapped[[-1, 0]]
+    with pytest.raises(pr.BindingError, match="non-decreasing.*'aligned'.*at block 1"):
+        opt.upload_segments({"segment_ids": swapped})
+    with pytest.raises(pr.BindingError, match="must be non-decreasing"):
+        opt.step(flat, flat, opt.init(flat), segments={"segment_ids": swapped})
+
+
+def test_manifest_needs_the_alignment(big):
+    raw = json.loads(big[3].manifest.to_json())
+    del raw["segments"]["align"]
+    with pytest.raises(pr.ModuleError, match="segments.align must be a positive int"):
+        Manifest.from_dict(raw)
+
+
+def test_cli_compiles_and_inspects_an_aligned_module(tmp_path):
+    from polaris.cli.__main__ import cli
+
+    runner = CliRunner()
+    r = runner.invoke(cli, ["compile", "lamb", "--size", "1000", "--segment-reduction", "aligned", "--no-cache", "-o", str(tmp_path / "a.vmfb")])
+    assert r.exit_code != 0 and "multiple of 16" in r.output
+    out = tmp_path / "t.vmfb"
+    r = runner.invoke(cli, ["compile", "lamb", "--size", "1024", "--max-segments", "8", "--segment-reduction", "aligned", "-o", str(out)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["inspect", str(out)], catch_exceptions=False)
+    assert "per-tensor sums: aligned (every tensor starts at a multiple of 16 elements" in r.output
+    assert "segment_ids                      (64, 1)" in r.output
