@@ -162,10 +162,6 @@ class FlatSegments:
                 f"for its tree layout"
             )
         ids = jnp.asarray(ids)
-        if ids.ndim == 1:
-            ids = ids[:, None]
-        if not jnp.issubdtype(ids.dtype, jnp.integer):
-            raise TypeError(f"{kind} must be an integer array, got {ids.dtype}")
         if x is None:
             pass
         elif self.reduction == "aligned":  # one id per block of SEGMENT_ALIGN elements
@@ -181,6 +177,10 @@ class FlatSegments:
                 f"shape {jnp.shape(ids)}; inside the context every parameter leaf must be the "
                 f"flat vector its ids describe"
             )
+        if ids.ndim == 1:
+            ids = ids[:, None]
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(f"{kind} must be an integer array, got {ids.dtype}")
         return ids.astype(jnp.int32)
 
 
