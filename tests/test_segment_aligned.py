@@ -16,7 +16,6 @@ import json
 import jax
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import polaris_runtime as pr
 from polaris._src import tree_utils as tu
@@ -28,6 +27,7 @@ from polaris_runtime.manifest import Manifest
 from polaris_runtime.pack import Packing, pack
 
 from test_flat_segments import CASES, MODEL_A, eager_tree_run, random_tree
+from test_segment_tree import cli_refuses_then_inspects
 
 A = SEGMENT_ALIGN
 
@@ -226,17 +226,12 @@ def test_manifest_needs_the_alignment(big):
 
 
 def test_cli_compiles_and_inspects_an_aligned_module(tmp_path):
-    from polaris.cli.__main__ import cli
-
-    runner = CliRunner()
-    r = runner.invoke(cli, ["compile", "lamb", "--size", "1000", "--segment-reduction", "aligned", "--no-cache", "-o", str(tmp_path / "a.vmfb")])
-    assert r.exit_code != 0 and "multiple of 16" in r.output
-    out = tmp_path / "t.vmfb"
-    r = runner.invoke(cli, ["compile", "lamb", "--size", "1024", "--max-segments", "8", "--segment-reduction", "aligned", "-o", str(out)], catch_exceptions=False)
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(cli, ["inspect", str(out)], catch_exceptions=False)
-    assert "per-tensor sums: aligned (every tensor starts at a multiple of 16 elements" in r.output
-    assert "segment_ids                      (64, 1)" in r.output
+    output = cli_refuses_then_inspects(
+        tmp_path, ["--size", "1000", "--segment-reduction", "aligned"], "multiple of 16",
+        ["--size", "1024", "--max-segments", "8", "--segment-reduction", "aligned"],
+    )
+    assert "per-tensor sums: aligned (every tensor starts at a multiple of 16 elements" in output
+    assert "segment_ids                      (64, 1)" in output
 
 
 @pytest.mark.vulkan

@@ -222,17 +222,25 @@ def test_lavapipe_runs_the_tree_past_65535_workgroups():
     np.testing.assert_allclose(out[0], out[1], rtol=1e-6, atol=1e-7)
 
 
-def test_cli_segment_reduction(tmp_path):
+def cli_refuses_then_inspects(tmp_path, refused: list, message: str, compile_args: list) -> str:
+    """``polaris compile lamb *refused`` must fail naming ``message``; ``polaris compile lamb
+    *compile_args`` must succeed; returns ``polaris inspect``'s output for that module."""
     from polaris.cli.__main__ import cli
 
     runner = CliRunner()
-    r = runner.invoke(cli, ["compile", "lamb", "--segment-reduction", "tree", "--no-cache", "-o", str(tmp_path / "a.vmfb")])
-    assert r.exit_code != 0 and "--size N" in r.output
+    r = runner.invoke(cli, ["compile", "lamb", *refused, "--no-cache", "-o", str(tmp_path / "a.vmfb")])
+    assert r.exit_code != 0 and message in r.output
     out = tmp_path / "t.vmfb"
-    r = runner.invoke(cli, ["compile", "lamb", "--size", "3000", "--max-segments", "8", "--segment-reduction", "tree", "-o", str(out)], catch_exceptions=False)
+    r = runner.invoke(cli, ["compile", "lamb", *compile_args, "-o", str(out)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    r = runner.invoke(cli, ["inspect", str(out)], catch_exceptions=False)
-    assert "per-tensor sums: tree (segment_ids must be non-decreasing" in r.output
+    return runner.invoke(cli, ["inspect", str(out)], catch_exceptions=False).output
+
+
+def test_cli_segment_reduction(tmp_path):
+    output = cli_refuses_then_inspects(
+        tmp_path, ["--segment-reduction", "tree"], "--size N", ["--size", "3000", "--max-segments", "8", "--segment-reduction", "tree"]
+    )
+    assert "per-tensor sums: tree (segment_ids must be non-decreasing" in output
 
 
 # -- the runtime's allocator -----------------------------------------------------------------------

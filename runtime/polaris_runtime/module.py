@@ -221,6 +221,17 @@ def _is_last(value, last: tuple) -> bool:
     return len(last) == 1 and value is last[0]
 
 
+def _vm_args(parts) -> rt.VmVariantList:
+    """An argument list of ``parts`` (lists of ``VmRef``s or buffer views, in call order), with
+    room for the two fences an async module appends."""
+    args = rt.VmVariantList(sum(map(len, parts)) + 2)
+    push = args.push_ref
+    for part in parts:
+        for r in part:
+            push(r)
+    return args
+
+
 def _merge_dims(dims: dict[str, int], known: tuple) -> bool:
     """Adds ``known`` to ``dims``; False (and ``dims`` unchanged) if any value disagrees."""
     if any(dims.get(d, n) != n for d, n in known):
@@ -636,7 +647,7 @@ class _CallPlan:
 
     __slots__ = (
         "mod", "fname", "call", "inputs", "trusted", "checked", "last", "sig", "segments", "seg_views",
-        "outputs", "n_args", "aliased", "lean", "lean_refs", "templates", "fresh", "ret", "invoke", "fast", "kept",
+        "outputs", "aliased", "lean", "lean_refs", "templates", "fresh", "ret", "invoke", "fast", "kept",
     )
 
     def __init__(self, mod: Module, fname: str, out: dict[str, Tree], bound: dict[str, list], segments):
@@ -649,7 +660,6 @@ class _CallPlan:
         self.sig = {g: tuple((a._buffer_view.shape, a._buffer_view.element_type) for a in bound[g]) for g in self.checked}
         self.segments = segments
         self.seg_views = tuple(a._buffer_view for a in bound.get("segments", ()))
-        self.n_args = sum(len(bound[g]) for g in spec.inputs)
         # per output group: specs, dynamic dims of the checked call, result slice, dtypes
         outputs, i = [], 0
         for g in spec.outputs:
@@ -736,15 +746,10 @@ class _CallPlan:
                     return None
                 given.append(a)
         call, mod = self.call, self.mod
-        args = rt.VmVariantList(self.n_args + 2)
-        push = args.push_ref
-        for g, items in zip(self.inputs, given, strict=True):
-            if g in trusted or g == "segments":
-                for bv in items:
-                    push(bv)
-            else:
-                for a in items:
-                    push(a._buffer_view)
+        args = _vm_args([
+            items if g in trusted or g == "segments" else [a._buffer_view for a in items]
+            for g, items in zip(self.inputs, given, strict=True)
+        ])
         ret = rt.VmVariantList(call.n_out)
         with mod._lock:
             for g in trusted:
@@ -840,13 +845,13 @@ class _CallPlan:
     def _run_lean(self, groups: dict[str, Any]) -> dict[str, Tree] | None:
         """:meth:`run` once the donated groups are known to be written in place: the same checks
         in fewer steps (docs/performance.md, sixth pass)."""
-        trusted, refs, donated, checked_refs = self.trusted, [], [], []
+        trusted, parts, donated, checked_refs = self.trusted, [], [], []
         for g, is_donated, const in self.lean:
             if is_donated is None:  # gradients (or update's params): their layout checked per call
                 checked = self._checked_refs(g, groups[g])
                 if checked is None:
                     return None
-                refs += checked
+                parts.append(checked)
                 checked_refs.append(checked)
                 continue
             if is_donated:
@@ -856,15 +861,12 @@ class _CallPlan:
                 if value._arr is not None and value._pristine_views() is None:
                     return None
                 donated.append(value)
-            refs += const
+            parts.append(const)
         kept = self.kept
-        if kept is not None and len(kept[0]) == len(checked_refs) and all(map(operator.is_, kept[0], checked_refs)):
+        if kept is not None and _same_arrays(kept[0], checked_refs):
             args = kept[1]
         else:
-            args = rt.VmVariantList(len(refs) + 2)
-            push = args.push_ref
-            for r in refs:
-                push(r)
+            args = _vm_args(parts)
             if self.invoke is not None:  # synchronous: kept while the checked groups are unchanged
                 self.kept = (tuple(checked_refs), args)  # (an async module appends fences to it)
         fresh = self._call_donating(tuple(donated), args)
@@ -889,9 +891,8 @@ class _CallPlan:
             return None
         plan, trusted, seg = self, self.trusted, self.segments
         p_refs, suffix = self.lean[0][2], [r for _, is_donated, const in self.lean[2:] if is_donated is not None for r in const]
-        n_args = len(p_refs) + len(self.last["grads"]) + len(suffix) + 2
         p_tmpl, s_tmpl = self.templates["params"], self.templates["state"]
-        vm_list, new, lean_refs = rt.VmVariantList, Tree.__new__, self.lean_refs
+        new, lean_refs = Tree.__new__, self.lean_refs
         lock, invoke, function, ret, fname = self.mod._lock, self.invoke, self.call.function, self.ret, self.fname
         # A synchronous module's argument list is kept (plan.kept, as _run_lean keeps it) while the
         # gradients are the same arrays: IREE reads the list and leaves it as it was, and every
@@ -899,17 +900,6 @@ class _CallPlan:
         # 1.5 us of a 10 us step (a 10k Adam; docs/performance.md, seventh pass). Keyed by the
         # gradients' ref list, which _checked_refs replaces whole when the gradients change; one
         # tuple, swapped whole, so threads sharing the module read a matching pair.
-        def build(g_refs):
-            args = vm_list(n_args)
-            push = args.push_ref
-            for r in p_refs:
-                push(r)
-            for r in g_refs:
-                push(r)
-            for r in suffix:
-                push(r)
-            return args
-
         def fast(params, grads, state, segments):
             if params is not trusted["params"] or state is not trusted["state"] or segments is not seg:
                 return None
@@ -923,14 +913,14 @@ class _CallPlan:
                 if g_refs is None:
                     return None
             if invoke is None:  # an async module: the module appends this call's fences to the list
-                if plan._call_donating((params, state), build(g_refs)) is None:
+                if plan._call_donating((params, state), _vm_args((p_refs, g_refs, suffix))) is None:
                     return None
             else:  # _call_donating, inlined
                 kept = plan.kept
                 if kept is not None and kept[0][0] is g_refs:
                     args = kept[1]
                 else:
-                    args = build(g_refs)
+                    args = _vm_args((p_refs, g_refs, suffix))
                     plan.kept = ((g_refs,), args)
                 lock.acquire()
                 try:
