@@ -10,7 +10,9 @@ Run it here (it needs the compiler and JAX, not a GPU), copy the folder to the G
 Writes ``<optimizer>-flat-<target>.vmfb`` for adam, adamw, sgd_momentum, lion and lamb (options
 as in ``bench/_common.POLARIS``), fixed-length flat modules (``--size``: static shapes, a command
 buffer recorded once and replayed) of the ``--fixed`` optimizers at each ``--fixed-sizes`` size,
-each also with its scalars fused into the kernel (``CompileOptions(hoist_scalars=False)``) and
+each also with its scalars fused into the kernel (``CompileOptions(hoist_scalars=False)``),
+zero-padded to a length IREE vectorises where the size is not one (1e6 -> 1000064 on CUDA;
+``polaris_compiler.options.gpu_vector_multiple``) and
 with the async-external model (``--async``; ``bench/gpu_async.py``),
 a GPT-2 small tree module (148 tensors; ``--gpt2``) of the ``--tree`` optimizers, and
 ``index.json`` describing them.
@@ -45,6 +47,7 @@ def main(argv=None) -> int:
 
     from polaris._src import registry
     from polaris_compiler import CompileOptions, Layout, Target, compile_optimizer
+    from polaris_compiler.options import gpu_vector_multiple
 
     tgt = Target.parse(args.target)
     opts = CompileOptions(target=tgt, cuda_arch=args.cuda_arch)
@@ -74,6 +77,14 @@ def main(argv=None) -> int:
                 art = compile_optimizer(spec.build(**options), Layout.flat(size=n), iopts, name=name, optimizer_options={**spec.defaults(), **options})
                 index["modules"][key].setdefault("fixed_inline", {})[str(n)] = fname_i = f"{key}-flat{n}-inline-{tgt.value}.vmfb"
                 art.save(args.folder / fname_i)
+                k = gpu_vector_multiple(opts, tgt)
+                if k and n % k:  # a length IREE does not vectorise (1e6 on CUDA): the same step zero-padded to one it does
+                    padded = -(-n // k) * k
+                    art = compile_optimizer(spec.build(**options), Layout.flat(size=padded), opts, name=name, optimizer_options={**spec.defaults(), **options})
+                    fname_p = f"{key}-flat{padded}-{tgt.value}.vmfb"
+                    index["modules"][key].setdefault("fixed_padded", {})[str(n)] = {"file": fname_p, "size": padded}
+                    art.save(args.folder / fname_p)
+                    C.say(f"  {fname_p}: {n} padded to a multiple of {k}")
                 if args.async_fixed:  # the same step with coarse fences: the caller orders, nobody waits
                     aopts = CompileOptions(target=tgt, cuda_arch=args.cuda_arch, extra_args=("--iree-execution-model=async-external",))
                     art = compile_optimizer(spec.build(**options), Layout.flat(size=n), aopts, name=name, optimizer_options={**spec.defaults(), **options})

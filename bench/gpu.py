@@ -16,7 +16,9 @@ Peers per optimizer and size (1e6, 1e7, 1e8 by default):
   elements (``polaris compile --size N``: IREE records the step once and replays it), where
   ``build_gpu_modules.py`` built one; ``polaris fixed inline``: the fixed module with its scalars
   fused into the elementwise kernel (``CompileOptions(hoist_scalars=False)``: Adam 5 -> 2
-  dispatches); ``iree-bare``: the flat module's ``step`` through IREE's
+  dispatches); ``polaris fixed padded (N)``: where n is not a length IREE vectorises (1e6 on
+  CUDA: one float per thread), the fixed module for n zero-padded to N (1000064: 128-bit loads);
+  ``iree-bare``: the flat module's ``step`` through IREE's
   FunctionInvoker;
 * ``torch fused`` / ``torch foreach``: ``torch.optim.Adam(fused=True)`` / ``(foreach=True)``
   (AdamW and SGD-momentum likewise; torch has no Lion or LAMB);
@@ -408,6 +410,10 @@ def main(argv=None) -> int:
             inline = index["modules"][key].get("fixed_inline", {}).get(str(n))
             if "polaris-fixed" in peers and inline:  # ... with its scalars fused into the kernel
                 make["polaris fixed inline"] = lambda: polaris_peer(args.modules / inline, args.device, p, g)
+            padded = index["modules"][key].get("fixed_padded", {}).get(str(n))
+            if "polaris-fixed" in peers and padded:  # ... zero-padded to a length IREE vectorises
+                pp, gp = (np.pad(x, (0, padded["size"] - n)) for x in (p, g))
+                make[f"polaris fixed padded ({padded['size']})"] = lambda: polaris_peer(args.modules / padded["file"], args.device, pp, gp)
             if "iree-bare" in peers:
                 make["iree-bare"] = lambda: bare_peer(path, args.device, p, g)
             add_peers(make, key, peers, on_gpu and have_torch_cuda, (p, g), (p, g), "gpu" if on_gpu else "cpu")

@@ -34,17 +34,39 @@ def test_build_flags_is_pure_and_names_the_target():
     assert build_flags(CompileOptions(extra_args=("--x",)))[-1] == "--x"
 
 
-def test_layout_notes_steer_gpu_flat_modules_to_a_fixed_length():
-    from polaris_compiler.options import layout_notes
+def test_layout_notes_steer_gpu_flat_modules_to_a_fixed_vectorisable_length():
+    from polaris_compiler.options import gpu_vector_multiple, layout_notes
 
     cuda, cpu = CompileOptions(target=Target.CUDA), CompileOptions()
     (note,) = layout_notes(cuda, "flat", None)
     assert note.startswith("cuda: a flat module of any length") and "--size N" in note
-    assert layout_notes(cuda, "flat", 10**6) == []  # fixed length: the fast kernel
+    assert layout_notes(cuda, "flat", 10**8) == []  # a multiple of 128: the vector kernel
+    (note,) = layout_notes(cuda, "flat", 10**6)  # 10**6 = 7812.5 x 128: scalar loads
+    assert "--size 1000000 is not a multiple of 128" in note and "--size 1000064" in note and "align=128" in note
+    assert "multiple of 256" in layout_notes(cuda, "flat", 10**6 + 64, "bfloat16")[0]  # 8 x 32 for 16-bit
+    assert layout_notes(cuda, "flat", 10**6 + 64) == []
+    assert gpu_vector_multiple(CompileOptions(target=Target.ROCM), Target.ROCM) == 256  # gfx942: 64-wide waves
+    assert layout_notes(CompileOptions(target=Target.VULKAN), "flat", 10**6) == []  # SPIR-V: never vectors
     assert layout_notes(cuda, "tree", None) == []  # static shapes already
-    assert layout_notes(cpu, "flat", None) == []  # the CPU vectorises an unknown length
+    assert layout_notes(cpu, "flat", None) == layout_notes(cpu, "flat", 10**6) == []  # the CPU vectorises any length
     both = CompileOptions(target=Target.LLVM_CPU, extra_targets=(Target.CUDA, Target.VULKAN))
     assert layout_notes(both, "flat", None)[0].startswith("cuda/vulkan:")
+
+
+def test_the_cuda_kernel_loads_vectors_exactly_when_the_notes_say(tmp_path):
+    """The rule behind the notes, read from the PTX IREE writes (no GPU needed): Adam's
+    element-wise kernel loads 128-bit vectors at 1000064 = 7813 x 128 elements and one float per
+    thread at 10**6; the module's notes name the second and not the first."""
+    import re
+
+    for size in (10**6, 10**6 + 64):
+        dump = tmp_path / str(size)
+        opts = CompileOptions(target=Target.CUDA, extra_args=(f"--iree-hal-dump-executable-binaries-to={dump}",))
+        art = compile_optimizer(polaris.optimizers.adam(1e-3), Layout.flat(size=size), opts, name="adam")
+        ptx = "".join(p.read_text() for p in dump.glob("*.ptx"))
+        vector_loads = len(re.findall(r"ld\.global\.nc\.v4\.[bf]32", ptx))
+        assert ptx and (vector_loads >= 4) == (size % 128 == 0), (size, vector_loads)
+        assert any("not a multiple of 128" in n for n in art.notes) == (size % 128 != 0)
 
 
 def test_target_parse_lists_valid_targets():

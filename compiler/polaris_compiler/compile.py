@@ -245,7 +245,7 @@ def compile_optimizer(
     with _tracing(options):
         _add_learning_rate_export(tx, s_def, s_leaves, hps, parts, manifest)
     art = _finish(parts, manifest, options, flags, t0, aliases)
-    art.notes.extend(layout_notes(options, layout.kind, layout.size))
+    art.notes.extend(layout_notes(options, layout.kind, layout.size, layout.flat_dtype))
     return art
 
 

@@ -62,6 +62,11 @@ class Layout:
         n = self.tree.shape[0]
         return n if isinstance(n, int) else None
 
+    @property
+    def flat_dtype(self) -> str:
+        """A flat layout's dtype name (``"float32"`` for tree layouts)."""
+        return jnp.dtype(self.tree.dtype).name if self.kind == "flat" else "float32"
+
     @classmethod
     def from_tree(cls, tree: Any, source: str = "python") -> Layout:
         """From a pytree of arrays or ``ShapeDtypeStruct`` (only shapes and dtypes are kept)."""

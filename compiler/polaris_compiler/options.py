@@ -114,22 +114,54 @@ class CompileOptions:
 GPU_TARGETS = (Target.CUDA, Target.VULKAN, Target.ROCM, Target.METAL)
 
 
-def layout_notes(opts: CompileOptions, layout_kind: str, size: int | None) -> list[str]:
+def gpu_vector_multiple(opts: CompileOptions, target: Target, dtype: str = "float32") -> int | None:
+    """The lengths IREE 3.13 vectorises an element-wise GPU kernel for: a multiple of the
+    subgroup size times one 128-bit load (32 x 4 = 128 float32 elements on CUDA, 256 on CDNA's
+    64-wide waves; twice that for 16-bit types), read from ``KernelConfig``'s tile-and-fuse choice
+    and checked in the PTX (docs/performance.md, ninth pass). ``None`` for targets whose
+    element-wise kernels never load vectors in IREE 3.13 (Vulkan, Metal: SPIR-V's
+    BaseDistribute, one element per thread at every length) and for the CPU."""
+    if target is Target.CUDA:
+        lanes = 32
+    elif target is Target.ROCM:
+        lanes = 64 if opts.rocm_arch.startswith("gfx9") else 32
+    else:
+        return None
+    return lanes * (4 if dtype == "float32" else 8)
+
+
+def layout_notes(opts: CompileOptions, layout_kind: str, size: int | None, dtype: str = "float32") -> list[str]:
     """Notes on a layout that compiles but runs slowly on ``opts``'s targets.
 
-    A flat module of any length gives IREE 3.13's GPU code generator an unknown length: one
-    element per thread, scalar loads, 32-thread workgroups. Measured on an H200 (CUDA, 1e8
-    parameters, docs/performance.md): 2.2 ms per Adam step against 0.82 ms for the same step
-    compiled for exactly that length.
+    * A flat module of any length gives IREE 3.13's GPU code generator an unknown length: one
+      element per thread, scalar loads, 32-thread workgroups, and a command buffer recorded on
+      every call. Measured on an H200 (CUDA, 1e8 parameters, docs/performance.md): 2.2 ms per
+      Adam step against 0.82 ms for the same step compiled for exactly that length.
+    * A fixed length gets the vector loads only when it is a multiple of
+      :func:`gpu_vector_multiple` (128 float32 elements on CUDA): 1e8 does, 1e6 does not.
     """
-    gpus = [t.value for t in opts.targets if t in GPU_TARGETS]
-    if layout_kind != "flat" or size is not None or not gpus:
+    gpus = [t for t in opts.targets if t in GPU_TARGETS]
+    if layout_kind != "flat" or not gpus:
         return []
-    return [
-        f"{'/'.join(gpus)}: a flat module of any length runs 2-3x slower on a GPU than one compiled "
-        f"for its exact length (IREE 3.13 cannot vectorise an unknown length; H200, 1e8 params: "
-        f"2.2 ms vs 0.82 ms per Adam step); pass --size N (Layout.flat(size=N)) for the fast kernel"
-    ]
+    if size is None:
+        return [
+            f"{'/'.join(t.value for t in gpus)}: a flat module of any length runs 2-3x slower on a GPU "
+            f"than one compiled for its exact length (IREE 3.13 cannot vectorise an unknown length "
+            f"and records the step on every call; H200, 1e8 params: 2.2 ms vs 0.82 ms per Adam step); "
+            f"pass --size N (Layout.flat(size=N)) for the fast kernel"
+        ]
+    notes = []
+    for t in gpus:
+        k = gpu_vector_multiple(opts, t, dtype)
+        if k and size % k:
+            padded = -(-size // k) * k
+            notes.append(
+                f"{t.value}: --size {size} is not a multiple of {k}, so IREE 3.13's {t.value} kernel loads "
+                f"one element per thread instead of a 128-bit vector (about 2.5x slower when memory-bound); "
+                f"pad the vector with zeros to {padded} elements (pack(params, align={k}) does it per "
+                f"tensor) and compile --size {padded}"
+            )
+    return notes
 
 
 DEVICE_FOR_TARGET = {

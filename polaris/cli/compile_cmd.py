@@ -189,7 +189,7 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
     )
     from polaris_compiler.options import layout_notes
 
-    for note in [*copts.notes(), *layout_notes(copts, lay.kind, lay.size)]:
+    for note in [*copts.notes(), *layout_notes(copts, lay.kind, lay.size, lay.flat_dtype)]:
         _say(f"note: {note}")
     full = {} if grouped else {**spec.defaults(), **opts}
     where = ",".join(t.value for t in copts.targets)
