@@ -14,7 +14,8 @@ each also with its scalars fused into the kernel (``CompileOptions(hoist_scalars
 zero-padded to a length IREE vectorises where the size is not one (1e6 -> 1000064 on CUDA;
 ``polaris_compiler.options.gpu_vector_multiple``) and
 with the async-external model (``--async``; ``bench/gpu_async.py``),
-a GPT-2 small tree module (148 tensors; ``--gpt2``) of the ``--tree`` optimizers, and
+a GPT-2 small tree module (148 tensors; ``--gpt2``) of the ``--tree`` optimizers with a
+fixed-length flat module of the same model packed, and
 ``index.json`` describing them.
 """
 
@@ -101,6 +102,14 @@ def main(argv=None) -> int:
             art.save(args.folder / fname_t)
             index["modules"][key]["gpt2"] = {"file": fname_t, "div": div}
             C.say(f"  {fname_t}: {len(art.vmfb) / 1024:.0f} KiB")
+            # the same model packed into one fixed-length flat module (one kernel; GPT-2's
+            # 124439808 = 972186 x 128, a length IREE's CUDA kernel loads as vectors)
+            n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(sds))
+            art = compile_optimizer(spec.build(**options), Layout.flat(size=n), opts, name=name, optimizer_options={**spec.defaults(), **options})
+            fname_f = f"{key}-gpt2{'' if div == 1 else f'-div{div}'}-flat{n}-{tgt.value}.vmfb"
+            art.save(args.folder / fname_f)
+            index["modules"][key]["gpt2"]["flat_fixed"] = fname_f
+            C.say(f"  {fname_f}: {len(art.vmfb) / 1024:.0f} KiB")
     (args.folder / "index.json").write_text(json.dumps(index, indent=2) + "\n")
     print(args.folder / "index.json")
     return 0

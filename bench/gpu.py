@@ -294,6 +294,10 @@ def gpt2_group(args, info, index, opts, floor, on_gpu, results, key, flat_path, 
         make["polaris tree"] = lambda: polaris_peer(tree_path, args.device, host_p, g_leaves)
         make["polaris flat"] = lambda: polaris_peer(flat_path, args.device, np.concatenate([a.ravel() for a in p_leaves]),
                                                     np.concatenate([a.ravel() for a in g_leaves]))
+        if tree.get("flat_fixed"):  # the model packed, one fixed-length module: one kernel
+            make["polaris flat fixed"] = lambda: polaris_peer(args.modules / tree["flat_fixed"], args.device,
+                                                              np.concatenate([a.ravel() for a in p_leaves]),
+                                                              np.concatenate([a.ravel() for a in g_leaves]))
     add_peers(make, key, peers, on_gpu and have_torch_cuda, (p_leaves, g_leaves), (host_p, host_g), "gpu" if on_gpu else "cpu")
     label = f"gpt2{'' if tree['div'] == 1 else '/' + str(tree['div'])} tree ({len(p_leaves)} tensors)"
     measure(args, info, index, opts, floor, on_gpu, results, key, n, label, make)
