@@ -11,6 +11,9 @@ For each size this times, round-robin in one process (``bench/_common.run_interl
 * ``polaris fixed``: the product path (``polaris_runtime.load(...).step`` on the fixed-length module);
 * ``bare sync``: the same module through ``vm_context.invoke`` (no runtime checks);
 * ``bare async``: the async-external module, fences chained, one wait per sample;
+* ``bare async, no transient``: the same with IREE's externalized transients
+  (``build_gpu_modules.external_transients``): no queue alloca/dealloca, whose CUDA dealloca
+  blocks the host until the step is done, so nothing makes the host wait between steps;
 * ``torch fused``, ``jax.jit(optax)``: the peers of ``bench/gpu.py``.
 
 It checks that the async module's parameters after 10 steps equal the sync module's (relative L2
@@ -52,6 +55,11 @@ class _Async:
         if self.vm.lookup_function("step").reflection.get("iree.abi.model") != "coarse-fences":
             raise RuntimeError(f"{path} was not compiled with --iree-execution-model=async-external")
         self.sem, self.t = cfg.device.create_semaphore(0), 0
+        # a step with externalized transients (build_gpu_modules.external_transients) takes its
+        # transient storage as a buffer after the arrays: one, reused (the steps are chained)
+        size = self.vm.lookup_function("step").reflection.get("iree.abi.transients.size.constant")
+        self.transients = None if size is None else cfg.device.allocator.allocate_buffer(
+            memory_type=rt.MemoryType.DEVICE_LOCAL, allowed_usage=rt.BufferUsage.DEFAULT, allocation_size=max(int(size), 16))
         pv, self.gv = dev.upload(cfg.device, p)._buffer_view, dev.upload(cfg.device, g)._buffer_view
         state = self._call("init", [pv], 4)
         self.wait()
@@ -60,9 +68,11 @@ class _Async:
 
     def _call(self, fname, views, n_out):
         rt = self.rt
-        args = rt.VmVariantList(len(views) + 2)
+        args = rt.VmVariantList(len(views) + 3)
         for v in views:
             args.push_ref(v)
+        if fname == "step" and self.transients is not None:
+            args.push_ref(self.transients)
         args.push_ref(rt.HalFence.create_at(self.sem, self.t))
         args.push_ref(rt.HalFence.create_at(self.sem, self.t + 1))
         ret = rt.VmVariantList(n_out)
@@ -164,7 +174,7 @@ def main(argv=None) -> int:
         md = [f"# Async-external experiment: {info['date']}, {info['gpu']} ({args.device})", "",
               f"- versions: {info['versions']}; copy bandwidth {floor:.0f} GB/s", "",
               C.md_table(["params", "peer", "step", "IQR", "GB/s", "x floor", "x best"], rows), "",
-              "correctness (async vs sync module, 10 steps): " + "; ".join(f"{C.fmt_size(c['n'])} rel {c['rel_error']:.1e} {'pass' if c['pass'] else 'FAIL'}" for c in checks),
+              "correctness (async vs sync module, 10 steps): " + "; ".join(f"{C.fmt_size(c['n'])} {c.get('module', 'async')} rel {c['rel_error']:.1e} {'pass' if c['pass'] else 'FAIL'}" for c in checks),
               ""]
         if "readback" in info:
             r = info["readback"]
@@ -178,16 +188,22 @@ def main(argv=None) -> int:
         apath = entry.get("fixed_async", {}).get(n_s)
         if not apath:
             continue
-        try:
-            checks.append(check(args.modules / fname, args.modules / apath, args.device, n))
-        except Exception as e:
-            checks.append({"n": n, "rel_error": float("nan"), "pass": False, "error": f"{type(e).__name__}: {e}"[:300]})
+        xpath = entry.get("fixed_async_ext", {}).get(n_s)
+        for path, label in ((apath, "async"), (xpath, "async, no transient")):
+            if not path:
+                continue
+            try:
+                checks.append({**check(args.modules / fname, args.modules / path, args.device, n), "module": label})
+            except Exception as e:
+                checks.append({"n": n, "module": label, "rel_error": float("nan"), "pass": False, "error": f"{type(e).__name__}: {e}"[:300]})
         rng = np.random.default_rng(0)
         p = rng.standard_normal(n, dtype=np.float32)
         g = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3)
         make = {"polaris fixed": lambda: G.polaris_peer(args.modules / fname, args.device, p, g),
                 "bare sync": lambda: G.bare_peer(args.modules / fname, args.device, p, g),
                 "bare async": lambda: async_peer(args.modules / apath, args.device, p, g)}
+        if xpath:  # no queue alloca/dealloca, no fence of its own: nothing makes the host wait
+            make["bare async, no transient"] = lambda: async_peer(args.modules / xpath, args.device, p, g)
         if on_gpu:
             make["torch fused"] = lambda: G.torch_peer("adam", "fused", p, g)
         make["jax"] = lambda: G.jax_peer("adam", "gpu" if on_gpu else "cpu", p, g)

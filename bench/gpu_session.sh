@@ -7,18 +7,18 @@
 # Writes 8 files (the device tool returns at most 8): $OUT/check.log (host facts first),
 # $OUT/check/gpu-check.{md,json} (correctness on local-task, cuda, vulkan), $OUT/bench.log,
 # $OUT/bench/<date>-<gpu>-gpu.{md,json} (timings vs torch, jax), $OUT/async/async.{md,json}
-# (bench/gpu_async.py: the async-external A/B and the read-back bandwidth); bench/norms.py's
+# (bench/gpu_async.py: the async-external A/B, with and without the step's transient, and the read-back bandwidth); bench/norms.py's
 # dot-vs-reduction table goes to $OUT/bench.log.
 # Flat LAMB is left out of the timings: its scatter takes ~1 s a step at 1e7 (docs/performance.md).
 set -uo pipefail
 OUT=${OUT:-out/gpu-results}
 mkdir -p "$OUT"
 { nvidia-smi; python3 -c "import iree.runtime, numpy; print('iree', iree.runtime.__file__)"; } > "$OUT/check.log" 2>&1
-timeout 280 python3 bench/gpu_check.py run out/gpu-check --out "$OUT/check" --timeout 45 >> "$OUT/check.log" 2>&1
+timeout 250 python3 bench/gpu_check.py run out/gpu-check --out "$OUT/check" --timeout 45 >> "$OUT/check.log" 2>&1
 echo "gpu_check exit $?" | tee -a "$OUT/check.log"
 timeout 200 python3 bench/gpu.py --modules out/gpu-modules --out "$OUT/bench" --optimizers adam,adamw,sgd_momentum,lion > "$OUT/bench.log" 2>&1
 echo "gpu bench exit $?" | tee -a "$OUT/bench.log"
-timeout 60 python3 bench/gpu_async.py --modules out/gpu-modules --out "$OUT/async" >> "$OUT/bench.log" 2>&1
+timeout 90 python3 bench/gpu_async.py --modules out/gpu-modules --out "$OUT/async" >> "$OUT/bench.log" 2>&1
 echo "gpu async exit $?" | tee -a "$OUT/bench.log"
 # sum of squares as a dot or a reduction on CUDA (GPU targets keep the reduction until this says)
 if [ -d out/gpu-modules/norms ]; then
