@@ -46,6 +46,7 @@ def test_layout_notes_steer_gpu_flat_modules_to_a_fixed_vectorisable_length():
     assert "multiple of 256" in layout_notes(cuda, "flat", 10**6 + 64, "bfloat16")[0]  # 8 x 32 for 16-bit
     assert layout_notes(cuda, "flat", 10**6 + 64) == []
     assert gpu_vector_multiple(CompileOptions(target=Target.ROCM), Target.ROCM) == 256  # gfx942: 64-wide waves
+    assert gpu_vector_multiple(CompileOptions(target=Target.ROCM, rocm_arch="gfx1100"), Target.ROCM) == 128  # RDNA: wave32
     assert layout_notes(CompileOptions(target=Target.VULKAN), "flat", 10**6) == []  # SPIR-V: never vectors
     assert layout_notes(cuda, "tree", None) == []  # static shapes already
     assert layout_notes(cpu, "flat", None) == layout_notes(cpu, "flat", 10**6) == []  # the CPU vectorises any length
