@@ -415,3 +415,29 @@ def test_cli_sets_the_bound_and_inspect_shows_it(tmp_path):
     assert "step(params, grads, state, segments)" in text
     r = runner.invoke(cli, ["compile", "lamb", "--max-segments", "0", "-o", str(out)])
     assert r.exit_code != 0 and "--max-segments" in r.output
+
+
+def test_zero_padding_for_gpu_vector_loads_is_inert(modules):
+    """docs/flat-modules.md: a model packed with ``pack(params, align=128)`` (so that a GPU module
+    of its length loads vectors) steps exactly like the same model packed tightly, and its padding
+    stays zero (AdamW: moments, weight decay)."""
+    opt = modules.load("adamw", dict(learning_rate=0.05, decay=0.1))
+    rng = np.random.default_rng(5)
+    params = _materialize(MODEL_A, rng)
+    grads = [_materialize(MODEL_A, rng) for _ in range(4)]
+    results = {}
+    for align in (1, 128):
+        flat, packing = pack(params, align=align)
+        state = opt.init(flat)
+        p = flat
+        for g in grads:
+            p, state = opt.step(p, packing.pack(g), state)
+        got = np.asarray(p.numpy())
+        assert got.size == packing.size == (sum(x.size for x in jax.tree.leaves(params)) if align == 1 else 3 * 128)
+        padding = np.ones(got.size, bool)
+        for start, size in zip(packing.offsets, packing.sizes, strict=False):
+            padding[start : start + size] = False
+        np.testing.assert_array_equal(got[padding], 0.0)
+        results[align] = packing.unpack(got)
+    for a, b in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[128]), strict=True):
+        np.testing.assert_array_equal(a, b)
