@@ -27,3 +27,11 @@ class ConsumedError(PolarisRuntimeError):
 
 class CheckpointError(PolarisRuntimeError):
     """A checkpoint is unreadable or belongs to another module."""
+
+
+IREE_ERRORS = (RuntimeError, ValueError, IndexError)  # what IREE's bindings map statuses to
+
+
+def failed_inside_iree(fname: str, driver: str, e: BaseException) -> ModuleError:
+    """The error for a call IREE refused or failed while running."""
+    return ModuleError(f"{fname}() failed inside IREE on {driver}: {e}")

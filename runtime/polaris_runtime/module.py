@@ -20,254 +20,37 @@ from __future__ import annotations
 
 import atexit
 import gc
-import json
-import operator
 import os
 import pathlib
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import iree.runtime as rt
 import numpy as np
 
 from polaris_runtime import device as dev
-from polaris_runtime.errors import BindingError, ConsumedError, DeviceError, ModuleError
-from polaris_runtime.manifest import REFLECTION_KEY, LeafSpec, Manifest
+from polaris_runtime.errors import (
+    IREE_ERRORS,
+    BindingError,
+    DeviceError,
+    ModuleError,
+    failed_inside_iree,
+)
+from polaris_runtime.manifest import REFLECTION_KEY, Manifest
+from polaris_runtime.plan import _CallPlan, _direct_call
+from polaris_runtime.tree import (
+    Tree,
+    _check_leaf,
+    _group_dims,
+    _merge_dims,
+    _same_arrays,
+    flatten_names,
+    unflatten_names,
+)
 
-
-class Tree:
-    """A group of arrays (params, state, updates, ...) living on a device, in ABI order.
-
-    ``numpy()`` gives a nested dict (or a single array for a one-leaf group); ``tree["mu/w"]``
-    one leaf. A tree passed to a call that donates it (``step`` donates params and state) is
-    consumed: its buffers now hold the results, so using it again raises :class:`ConsumedError`.
-    """
-
-    def __init__(self, group: str, specs: Sequence[LeafSpec], arrays: Sequence[Any], owner: Module):
-        self.group = group
-        self.specs = tuple(specs)
-        self._arr: list | None = list(arrays)
-        self._views: tuple | None = None  # the buffer views, where a step plan produced the tree
-        self._dtypes: tuple = ()
-        self._owner = owner
-        self._consumed_by: str | None = None
-        # (module, dims, arrays) once a module has checked (or produced) exactly these arrays
-        self._verified: tuple | None = None
-
-    @classmethod
-    def _of_views(cls, group: str, specs: tuple, views: tuple, dtypes: tuple, owner: Module, dims: tuple) -> Tree:
-        """A tree of a call's result buffer views; its ``DeviceArray``s are made when first used."""
-        t = cls.__new__(cls)
-        t.group, t.specs, t._arr, t._views, t._dtypes = group, specs, None, views, dtypes
-        t._owner, t._consumed_by, t._verified = owner, None, (owner, dims, None)
-        return t
-
-    @property
-    def _arrays(self) -> list:
-        a = self._arr
-        if a is None:
-            device, array = self._owner.device, rt.DeviceArray
-            a = self._arr = [array(device, bv, True, d) for bv, d in zip(self._views, self._dtypes, strict=True)]
-            v = self._verified
-            if v is not None and v[2] is None:
-                self._verified = (v[0], v[1], tuple(a))
-        return a
-
-    @_arrays.setter
-    def _arrays(self, value) -> None:
-        self._arr, self._views = list(value), None
-
-    def _pristine_views(self) -> tuple | None:
-        """The buffer views, if the arrays are exactly what the module produced or checked."""
-        if self._arr is None:
-            return self._views
-        v = self._verified
-        if v is None or v[2] is None or not _same_arrays(self._arr, v[2]):
-            return None
-        views = self._views
-        if views is None:
-            views = self._views = tuple(a._buffer_view for a in self._arr)
-        return views
-
-    # -- access ---------------------------------------------------------------------------
-    @property
-    def names(self) -> list[str]:
-        return [s.name for s in self.specs]
-
-    @property
-    def arrays(self) -> list[Any]:
-        """The leaves as device arrays (ABI order); for an async module's results, once the
-        calls that write them have finished."""
-        self._check_live()
-        self._owner.wait()
-        return self._arrays
-
-    def __len__(self) -> int:
-        return len(self.specs)
-
-    def __contains__(self, name: str) -> bool:
-        return any(s.name == name for s in self.specs)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return dev.to_host(self.arrays[self._index(name)])
-
-    def _index(self, name: str) -> int:
-        for i, s in enumerate(self.specs):
-            if s.name == name:
-                return i
-        raise KeyError(
-            f"{self.group} has no leaf {name!r}; its leaves: {', '.join(self.names) or '(none)'}"
-        )
-
-    def set(self, name: str, value) -> None:
-        """Replaces one leaf (uploaded to the device), checking its shape and dtype."""
-        i = self._index(name)
-        spec = self.specs[i]
-        arr = _check_leaf(self.group, spec, np.asarray(value, dtype=spec.dtype), {})
-        self.arrays[i] = dev.upload(self._owner.device, arr)
-
-    def numpy(self):
-        """All leaves read back to the host: a nested dict, or an array for a one-leaf group."""
-        leaves = [dev.to_host(a) for a in self.arrays]
-        if len(self.specs) == 1 and (
-            self.specs[0].name == self.group
-            # grads/updates of a flat module mirror its single "params" leaf
-            or (self.specs[0].name == "params" and self._owner.manifest.layout == "flat")
-        ):
-            return leaves[0]
-        return unflatten_names([s.name for s in self.specs], leaves)
-
-    def leaves(self) -> list[np.ndarray]:
-        """All leaves read back to the host, in ABI order."""
-        return [dev.to_host(a) for a in self.arrays]
-
-    def _check_live(self) -> None:
-        if self._consumed_by is not None:
-            raise ConsumedError(
-                f"this {self.group} tree was donated to {self._consumed_by}() and its buffers now "
-                f"hold that call's results; use the {self.group} it returned"
-            )
-
-    def __repr__(self) -> str:
-        state = f", consumed by {self._consumed_by}()" if self._consumed_by else ""
-        return f"Tree({self.group}: {len(self.specs)} leaves on {self._owner.driver}{state})"
-
-
-def flatten_names(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": x}}`` -> ``{"a/b": x}`` (keys sorted, JAX's order)."""
-    out: dict[str, Any] = {}
-    for k in sorted(tree, key=str):
-        v = tree[k]
-        name = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            out.update(flatten_names(v, name))
-        else:
-            out[name] = v
-    return out
-
-
-def unflatten_names(names: Sequence[str], values: Sequence[Any]) -> dict:
-    """The inverse of :func:`flatten_names`."""
-    out: dict = {}
-    for name, v in zip(names, values, strict=True):
-        parts = name.split("/")
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return out
-
-
-_NP_DTYPES: dict[str, Any] = {}
-
-
-def _np_dtype(name: str):
-    """``np.dtype(name)``, cached; None where numpy has no such dtype (bfloat16 without ml_dtypes)."""
-    try:
-        return _NP_DTYPES[name]
-    except KeyError:
-        try:
-            d = np.dtype(name)
-        except TypeError:
-            d = None
-        _NP_DTYPES[name] = d
-        return d
-
-
-def _group_dims(specs: Sequence[LeafSpec], dims: dict[str, int]) -> tuple:
-    """The dynamic dimensions that ``specs`` use, with their values in ``dims``."""
-    return tuple((d, dims[d]) for d in dict.fromkeys(d for s in specs for d in s.shape if isinstance(d, str)) if d in dims)
-
-
-IREE_ERRORS = (RuntimeError, ValueError, IndexError)  # what IREE's bindings map statuses to
-
-
-def _failed_inside_iree(fname: str, driver: str, e: BaseException) -> ModuleError:
-    return ModuleError(f"{fname}() failed inside IREE on {driver}: {e}")
-
-
-def _same_arrays(a: Sequence[Any], b: Sequence[Any]) -> bool:
-    return len(a) == len(b) and all(map(operator.is_, a, b))
-
-
-def _is_last(value, last: tuple) -> bool:
-    """Whether ``value`` (an array, or a list or tuple of them) holds exactly the arrays ``last``:
-    the cheap test for gradients passed again as they were (0.4 -> 0.1 us)."""
-    t = type(value)
-    if t is list or t is tuple:
-        return len(value) == len(last) and (value[0] is last[0] if len(last) == 1 else _same_arrays(value, last))
-    return len(last) == 1 and value is last[0]
-
-
-def _vm_args(parts) -> rt.VmVariantList:
-    """An argument list of ``parts`` (lists of ``VmRef``s or buffer views, in call order), with
-    room for the two fences an async module appends."""
-    args = rt.VmVariantList(sum(map(len, parts)) + 2)
-    push = args.push_ref
-    for part in parts:
-        for r in part:
-            push(r)
-    return args
-
-
-def _merge_dims(dims: dict[str, int], known: tuple) -> bool:
-    """Adds ``known`` to ``dims``; False (and ``dims`` unchanged) if any value disagrees."""
-    if any(dims.get(d, n) != n for d, n in known):
-        return False
-    dims.update(known)
-    return True
-
-
-def _check_leaf(group: str, spec: LeafSpec, arr: np.ndarray, dims: dict[str, int]) -> np.ndarray:
-    shape = tuple(arr.shape)
-    if len(shape) != len(spec.shape):
-        raise BindingError(
-            f"{group} leaf {spec.name!r} has shape {shape} but the module expects {spec.shape_str()}"
-        )
-    for got, want in zip(shape, spec.shape, strict=True):
-        if isinstance(want, str):
-            if want in dims and dims[want] != got:
-                raise BindingError(
-                    f"{group} leaf {spec.name!r} has length {got} along dynamic dimension {want!r}, "
-                    f"but another leaf of this call set {want}={dims[want]}; all must agree"
-                )
-            dims[want] = got
-        elif got != want:
-            raise BindingError(
-                f"{group} leaf {spec.name!r} has shape {shape} but the module expects {spec.shape_str()}"
-            )
-    want = _np_dtype(spec.dtype)
-    if want is not None and arr.dtype == want:  # the common case, without np.dtype(...).name
-        return arr
-    got_dtype = np.dtype(arr.dtype).name
-    if got_dtype != spec.dtype:
-        raise BindingError(
-            f"{group} leaf {spec.name!r} has dtype {got_dtype} but the module expects {spec.dtype} "
-            f"(convert with .astype(np.{spec.dtype}))"
-        )
-    return arr
+__all__ = ["Module", "Optimizer", "Tree", "flatten_names", "inspect_module", "load", "read_manifest", "unflatten_names"]
 
 
 # Vulkan device families whose drivers allow at most 65535 workgroups per dimension.
@@ -387,7 +170,7 @@ class Module:
             self._context.vm_context.invoke(function, args, ret)
         except IREE_ERRORS as e:
             _unblock(fences)
-            raise _failed_inside_iree(fname, self.driver, e) from None
+            raise failed_inside_iree(fname, self.driver, e) from None
 
     @property
     def _built_for(self) -> str:
@@ -535,7 +318,7 @@ class Module:
                 try:
                     results = self._functions[fname](*args)
                 except IREE_ERRORS as e:
-                    raise _failed_inside_iree(fname, self.driver, e) from None
+                    raise failed_inside_iree(fname, self.driver, e) from None
         if not isinstance(results, tuple):
             results = (results,) if results is not None else ()
         for t in donated:
@@ -582,365 +365,6 @@ def _unblock(fences) -> None:
         pass
 
 
-def _direct_call(vm_module: rt.VmModule, name: str, n_out: int):
-    """A caller of exported function ``name`` that skips IREE's FunctionInvoker.
-
-    Arguments are pushed as the device arrays' buffer views and the ``n_out`` results (every
-    output of a polaris module is an array; the manifest says how many) wrapped as
-    ``DeviceArray``s, as FunctionInvoker does for functions without ``iree.abi`` reflection
-    (IREE 3.13 writes only ``iree.abi.declaration``), without its per-argument packing and
-    per-result conversion. Where ``iree.abi`` reflection exists, its result dtypes are applied.
-    """
-    fn = vm_module.lookup_function(name)
-    dtypes: list = [None] * n_out
-    abi = fn.reflection.get("iree.abi")
-    if abi is not None:
-        from iree.runtime.dtypes import map_abi_type_to_dtype_info
-
-        try:
-            descs = json.loads(abi)["r"]
-            if len(descs) != n_out or not all(isinstance(d, list) and d and d[0] == "ndarray" for d in descs):
-                return None
-            dtypes = [map_abi_type_to_dtype_info(d[1]).dtype for d in descs]
-        except Exception:  # unexpected reflection: use FunctionInvoker
-            return None
-    bv_type, device_array = rt.HalBufferView, rt.DeviceArray
-
-    def call(mod: Module, args):
-        arg_list = rt.VmVariantList(len(args) + 2)  # + an async export's two fences
-        for a in args:
-            arg_list.push_ref(a._buffer_view)
-        ret = rt.VmVariantList(n_out)
-        mod._invoke(name, fn, arg_list, ret)
-        device = mod.device
-        return tuple(
-            device_array(device, ret.get_as_object(i, bv_type), implicit_host_transfer=True, override_dtype=dtypes[i])
-            for i in range(n_out)
-        )
-
-    call.function, call.n_out, call.dtypes = fn, n_out, dtypes
-    return call
-
-
-class _CallPlan:
-    """The checks of a ``step`` (or ``update``) call, done once, for the loop that repeats it.
-
-    A training loop calls ``params, state = opt.step(params, grads, state)`` with the Trees the
-    previous call returned (their shapes are the module's own, nothing to check again) and
-    gradients of the same layout every time. After a fully checked call the plan remembers the
-    Trees it returned for the donated groups (``params`` and ``state`` for ``step``, ``state``
-    for ``update``), the buffer shapes and element types of the other array groups (``grads``;
-    ``params`` for ``update``) and the segments. A later call that passes exactly those Trees
-    (live, their arrays unchanged), device arrays on this device with the same shapes and
-    element types (or the very same arrays) and the same segments goes straight to
-    ``VmContext.invoke``, and the results' ``DeviceArray``s are made only when someone asks for
-    them. Anything else (a dict, host arrays, a Tree changed with ``set``, another shape) takes
-    the checked path, which makes a new plan.
-
-    Where the module writes the donated groups in place (IREE's tied outputs; the plan checks
-    the result buffers once, on its first call), their results are the argument views
-    themselves: nothing is read back from the result list.
-    Measured (docs/performance.md): 33 us -> 17.5 us -> 16 us a 10k-parameter Adam step on
-    local-sync, then 8.6-9 us in the steady state (:meth:`_make_lean`, :meth:`_make_fast_step`
-    and the kept argument list; IREE's own call: 7.3 us).
-    """
-
-    __slots__ = (
-        "mod", "fname", "call", "inputs", "trusted", "checked", "last", "sig", "segments", "seg_views",
-        "outputs", "aliased", "lean", "lean_refs", "templates", "fresh", "ret", "invoke", "fast", "kept",
-    )
-
-    def __init__(self, mod: Module, fname: str, out: dict[str, Tree], bound: dict[str, list], segments):
-        spec = mod.manifest.functions[fname]
-        self.mod, self.fname, self.call = mod, fname, mod._direct[fname]
-        self.inputs = tuple(spec.inputs)
-        self.trusted = {g: out[g] for g in spec.inputs if g in spec.donates and g in out}
-        self.checked = tuple(g for g in spec.inputs if g not in self.trusted and g != "segments")
-        self.last = {g: tuple(bound[g]) for g in self.checked}
-        self.sig = {g: tuple((a._buffer_view.shape, a._buffer_view.element_type) for a in bound[g]) for g in self.checked}
-        self.segments = segments
-        self.seg_views = tuple(a._buffer_view for a in bound.get("segments", ()))
-        # per output group: specs, dynamic dims of the checked call, result slice, dtypes
-        outputs, i = [], 0
-        for g in spec.outputs:
-            k = len(out[g].specs)
-            outputs.append((g, out[g].specs, out[g]._verified[1], i, i + k, tuple(self.call.dtypes[i : i + k])))
-            i += k
-        self.outputs = tuple(outputs)
-        # Whether every donated group comes back in its own buffers (IREE's in-place outputs);
-        # learnt from the first planned call. Then its results need not be read at all: they are
-        # the argument buffer views.
-        self.aliased: bool | None = None
-        self.lean: tuple | None = None  # set by _make_lean once aliased is known
-        self.fast = None  # step's steady state (_make_fast_step)
-        # _run_lean's argument list of a synchronous module, with the checked groups' refs it holds
-        self.kept: tuple | None = None
-
-    def _release(self) -> None:
-        """Drops the IREE refs and lists this plan holds (at exit, see _release_plans_at_exit),
-        also where something outside the module still holds the plan."""
-        self.fast = self.lean = self.lean_refs = self.kept = self.ret = None
-
-    @classmethod
-    def after(cls, mod: Module, fname: str, out: dict[str, Tree], bound: dict[str, list], segments) -> _CallPlan | None:
-        """A plan from the checked call that bound ``bound`` and returned ``out``, if one fits."""
-        if mod._direct.get(fname) is None:
-            return None
-        spec = mod.manifest.functions[fname]
-        # the groups matched by layout next time (the donated ones come back as Trees)
-        kept = [g for g in spec.inputs if not (g in spec.donates and g in out)]
-        if not all(isinstance(a, rt.DeviceArray) for g in kept for a in bound[g]):
-            return None  # host arrays are uploaded per call: the checked path does that
-        if segments is not None and not isinstance(segments, Tree):
-            return None
-        return cls(mod, fname, out, bound, segments)
-
-    def _arrays(self, group: str, value) -> tuple | None:
-        if isinstance(value, Tree):
-            if value._consumed_by is not None or value._owner.device is not self.mod.device:
-                return None
-            if value._owner is not self.mod:
-                value._owner.wait()  # another module's results: finished before this call reads them
-            got = value._arrays
-        elif isinstance(value, (list, tuple)):
-            got = value
-        elif isinstance(value, rt.DeviceArray):
-            got = (value,)
-        else:
-            return None
-        last, sig = self.last[group], self.sig[group]
-        if _same_arrays(got, last):
-            return last
-        if len(got) != len(sig):
-            return None
-        device = self.mod.device
-        for a, (shape, et) in zip(got, sig, strict=True):
-            if type(a) is not rt.DeviceArray or a._device is not device:
-                return None
-            bv = a._buffer_view
-            if bv.element_type != et or bv.shape != shape:
-                return None
-        return tuple(got)
-
-    def run(self, groups: dict[str, Any], segments) -> dict[str, Tree] | None:
-        """The call's output Trees, or None where the checked path must run."""
-        if segments is not self.segments:
-            return None
-        if self.lean is not None:
-            return self._run_lean(groups)
-        trusted, given = self.trusted, []  # per input group: its buffer views (donated) or arrays
-        for g in self.inputs:
-            if g in trusted:
-                value = groups[g]
-                if value is not trusted[g] or value._consumed_by is not None:
-                    return None
-                views = value._pristine_views()
-                if views is None:
-                    return None
-                given.append(views)
-            elif g == "segments":
-                given.append(self.seg_views)
-            else:
-                a = self._arrays(g, groups[g])
-                if a is None:
-                    return None
-                given.append(a)
-        call, mod = self.call, self.mod
-        args = _vm_args([
-            items if g in trusted or g == "segments" else [a._buffer_view for a in items]
-            for g, items in zip(self.inputs, given, strict=True)
-        ])
-        ret = rt.VmVariantList(call.n_out)
-        with mod._lock:
-            for g in trusted:
-                if groups[g]._consumed_by is not None:
-                    return None  # another thread donated it meanwhile: the checked path says so
-            mod._invoke(self.fname, call.function, args, ret)
-            for g in trusted:
-                groups[g]._consumed_by = self.fname
-        aliased, out, at = self.aliased, {}, self.inputs.index
-        for g, specs, dims, lo, hi, dtypes in self.outputs:
-            if aliased and g in trusted:
-                views = given[at(g)]  # written in place: the results are the argument views
-            else:
-                get, bv_type = ret.get_as_object, rt.HalBufferView
-                views = tuple([get(j, bv_type) for j in range(lo, hi)])
-            out[g] = t = Tree._of_views(g, specs, views, dtypes, mod, dims)
-            if g in trusted:
-                trusted[g] = t
-        if aliased is None:
-            self.aliased = all(_in_place(given[at(g)], out[g]._views) for g in trusted)
-            if self.aliased:
-                self._make_lean(given)
-        for g, items in zip(self.inputs, given, strict=True):
-            if g in self.last:
-                self.last[g] = items
-        return out
-
-    def _make_lean(self, given: list) -> None:
-        """The steady state of a loop over a module that writes its donated groups in place:
-        their buffer views (and segments') are the same every call, so their argument
-        references, and the attributes of the Trees that come back, are made once; only the
-        other groups (the gradients) are looked at per call. ``step`` gets a closure of its own
-        (:meth:`_make_fast_step`)."""
-        pieces = []
-        for g, items in zip(self.inputs, given, strict=True):
-            if g in self.trusted or g == "segments":
-                pieces.append((g, g in self.trusted, [bv.ref for bv in items]))
-            else:
-                pieces.append((g, None, None))
-        self.lean = tuple(pieces)
-        self.lean_refs = {g: (self.last[g], [a._buffer_view.ref for a in self.last[g]]) for g in self.checked}
-        self.templates = {}
-        for g, specs, dims, _, _, dtypes in self.outputs:
-            if g in self.trusted:
-                t = Tree._of_views(g, specs, given[self.inputs.index(g)], dtypes, self.mod, dims)
-                self.templates[g] = dict(vars(t))
-        self.fresh = tuple((lo, hi) for g, _, _, lo, hi, _ in self.outputs if g not in self.trusted)
-        self.ret = rt.VmVariantList(self.call.n_out)  # IREE empties a result list before filling it
-        self.invoke = self.mod._context.vm_context.invoke if self.mod._sem is None else None
-        self.fast = self._make_fast_step()
-
-    def _checked_refs(self, g: str, value) -> list | None:
-        """The argument refs of a group checked per call (the gradients), or None where the
-        checked path must run. The very same device array as last time needs no look."""
-        last, refs = self.lean_refs[g]
-        if _is_last(value, last):
-            return refs
-        got = self._arrays(g, value)
-        if got is None:
-            return None
-        if got is not last:  # (one pair, replaced whole: another thread may read it)
-            refs = [a._buffer_view.ref for a in got]
-            self.lean_refs[g] = (got, refs)
-            self.last[g] = got
-        return refs
-
-    def _call_donating(self, donated: tuple, args: rt.VmVariantList) -> list | None:
-        """Invokes the function under the module's lock, unless one of ``donated`` was donated
-        meanwhile (then None: the checked path says so); marks them donated. Returns the views of
-        the results that are not written in place (update's updates), read under the lock
-        because the result list is the plan's."""
-        mod, ret = self.mod, self.ret
-        lock = mod._lock
-        lock.acquire()
-        try:
-            for value in donated:
-                if value._consumed_by is not None:
-                    return None
-            if self.invoke is not None:  # synchronous: no fences to add
-                try:
-                    self.invoke(self.call.function, args, ret)
-                except IREE_ERRORS as e:
-                    raise _failed_inside_iree(self.fname, mod.driver, e) from None
-            else:
-                mod._invoke(self.fname, self.call.function, args, ret)
-            for value in donated:
-                value._consumed_by = self.fname
-            get, bv_type = ret.get_as_object, rt.HalBufferView
-            return [tuple([get(j, bv_type) for j in range(lo, hi)]) for lo, hi in self.fresh]
-        finally:
-            lock.release()
-
-    def _run_lean(self, groups: dict[str, Any]) -> dict[str, Tree] | None:
-        """:meth:`run` once the donated groups are known to be written in place: the same checks
-        in fewer steps (docs/performance.md, sixth pass)."""
-        trusted, parts, donated, checked_refs = self.trusted, [], [], []
-        for g, is_donated, const in self.lean:
-            if is_donated is None:  # gradients (or update's params): their layout checked per call
-                checked = self._checked_refs(g, groups[g])
-                if checked is None:
-                    return None
-                parts.append(checked)
-                checked_refs.append(checked)
-                continue
-            if is_donated:
-                value = groups[g]
-                if value is not trusted[g] or value._consumed_by is not None:
-                    return None
-                if value._arr is not None and value._pristine_views() is None:
-                    return None
-                donated.append(value)
-            parts.append(const)
-        kept = self.kept
-        if kept is not None and _same_arrays(kept[0], checked_refs):
-            args = kept[1]
-        else:
-            args = _vm_args(parts)
-            if self.invoke is not None:  # synchronous: kept while the checked groups are unchanged
-                self.kept = (tuple(checked_refs), args)  # (an async module appends fences to it)
-        fresh = self._call_donating(tuple(donated), args)
-        if fresh is None:
-            return None
-        out, templates, new, mod = {}, self.templates, Tree.__new__, self.mod
-        for g, specs, dims, _, _, dtypes in self.outputs:
-            if g in trusted:
-                out[g] = trusted[g] = t = new(Tree)
-                t.__dict__ = templates[g].copy()
-            else:  # update's updates: new buffers
-                out[g] = Tree._of_views(g, specs, fresh.pop(0), dtypes, mod, dims)
-        return out
-
-    def _make_fast_step(self):
-        """``step(params, grads, state, segments)`` in the steady state as one closure: what
-        :meth:`_run_lean` does, without its loops over groups and dicts (a 10k-parameter Adam
-        step 11.3 -> 10.1 us, against 9.5 us for ``jax.jit(optax)``; docs/performance.md sixth pass).
-        Returns ``(params, state)``, or None where the checked path must run."""
-        if (self.fname != "step" or self.inputs[:3] != ("params", "grads", "state")
-                or set(self.trusted) != {"params", "state"} or self.fresh):
-            return None
-        plan, trusted, seg = self, self.trusted, self.segments
-        p_refs, suffix = self.lean[0][2], [r for _, is_donated, const in self.lean[2:] if is_donated is not None for r in const]
-        p_tmpl, s_tmpl = self.templates["params"], self.templates["state"]
-        new, lean_refs = Tree.__new__, self.lean_refs
-        lock, invoke, function, ret, fname = self.mod._lock, self.invoke, self.call.function, self.ret, self.fname
-        # A synchronous module's argument list is kept (plan.kept, as _run_lean keeps it) while the
-        # gradients are the same arrays: IREE reads the list and leaves it as it was, and every
-        # other entry is a buffer written in place, the same each call. Building it anew costs
-        # 1.5 us of a 10 us step (a 10k Adam; docs/performance.md, seventh pass). Keyed by the
-        # gradients' ref list, which _checked_refs replaces whole when the gradients change; one
-        # tuple, swapped whole, so threads sharing the module read a matching pair.
-        def fast(params, grads, state, segments):
-            if params is not trusted["params"] or state is not trusted["state"] or segments is not seg:
-                return None
-            if (params._arr is not None and params._pristine_views() is None) or (
-                state._arr is not None and state._pristine_views() is None
-            ):
-                return None
-            last, g_refs = lean_refs["grads"]
-            if not _is_last(grads, last):
-                g_refs = plan._checked_refs("grads", grads)
-                if g_refs is None:
-                    return None
-            if invoke is None:  # an async module: the module appends this call's fences to the list
-                if plan._call_donating((params, state), _vm_args((p_refs, g_refs, suffix))) is None:
-                    return None
-            else:  # _call_donating, inlined
-                kept = plan.kept
-                if kept is not None and kept[0][0] is g_refs:
-                    args = kept[1]
-                else:
-                    args = _vm_args((p_refs, g_refs, suffix))
-                    plan.kept = ((g_refs,), args)
-                lock.acquire()
-                try:
-                    if params._consumed_by is not None or state._consumed_by is not None:
-                        return None
-                    try:
-                        invoke(function, args, ret)
-                    except IREE_ERRORS as e:
-                        raise _failed_inside_iree(fname, plan.mod.driver, e) from None
-                    params._consumed_by = state._consumed_by = fname
-                finally:
-                    lock.release()
-            p, s = new(Tree), new(Tree)
-            p.__dict__, s.__dict__ = p_tmpl.copy(), s_tmpl.copy()
-            trusted["params"], trusted["state"] = p, s
-            return p, s
-
-        return fast
-
-
 def _check_non_decreasing(fname: str, ids: np.ndarray, reduction: str = "tree", unit: str = "element") -> None:
     """segment_ids of a module whose segments.reduction is "tree" or "aligned": each tensor one
     run, in order."""
@@ -985,17 +409,6 @@ def _block_ids(fname: str, ids: np.ndarray, blocks: int, align: int, packing_ali
             f"{sorted(set(per_block[b].tolist()))}: a tensor starts inside it; {fix}"
         )
     return np.ascontiguousarray(per_block[:, :1])
-
-
-def _in_place(before: tuple, after: tuple) -> bool:
-    """Whether each result view is the argument view's buffer, shape and element type."""
-    return len(before) == len(after) and all(
-        a.get_buffer().ref == b.get_buffer().ref
-        and a.shape == b.shape
-        and a.element_type == b.element_type
-        and a.byte_length == b.byte_length
-        for a, b in zip(before, after, strict=True)
-    )
 
 
 class _ShapeOnly:
