@@ -212,3 +212,18 @@ def test_portable_cpu_with_a_gpu_target_compiles_and_inspects(runner, tmp_path):
     text = run(runner, "inspect", str(out)).output
     assert "target: llvm-cpu,vulkan" in text
     assert "cpu variants (best first, picked at load): x86-64-v4, x86-64-v3, x86-64-v2" in text
+
+
+def test_inspect_repeats_the_gpu_layout_notes(runner, tmp_path):
+    """`polaris inspect` of a GPU flat module says what `polaris compile` said about its length:
+    any length (the catalog's CUDA module), or a fixed length IREE does not vectorise."""
+    art = ROOT / "artifacts"
+    res = runner.invoke(cli, ["inspect", str(art / "adam-flat-f32-cuda.vmfb")])
+    assert res.exit_code == 0 and "note: cuda: a flat module of any length" in res.output
+    res = runner.invoke(cli, ["inspect", str(art / "adam-flat-f32-x86_64.vmfb")])
+    assert res.exit_code == 0 and "note:" not in res.output
+    out = tmp_path / "adam-1e6-cuda.vmfb"
+    res = runner.invoke(cli, ["compile", "adam", "--target", "cuda", "--size", "1000000", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["inspect", str(out)])
+    assert res.exit_code == 0 and "--size 1000000 is not a multiple of 128" in res.output and "--size 1000064" in res.output
