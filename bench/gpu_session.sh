@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The GPU session in one command, on the device host (IREE runtime, numpy, torch, jax; no compiler).
+# What each result decides: docs/gpu-session.md.
 # Here first:   make gpu-modules          (builds out/gpu-check and out/gpu-modules)
 #               ../shared/gpu/prepare.sh  (puts the runtime wheel in .whl/, the Vulkan loader in .gl/)
 # There:        <the PREAMBLE line> bash bench/gpu_session.sh
