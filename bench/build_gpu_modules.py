@@ -14,7 +14,7 @@ each also with its scalars fused into the kernel (``CompileOptions(hoist_scalars
 zero-padded to a length IREE vectorises where the size is not one (1e6 -> 1000064 on CUDA;
 ``polaris_compiler.options.gpu_vector_multiple``) and
 with the async-external model (``--async``; ``bench/gpu_async.py``; also with externalized
-transients, :func:`external_transients`),
+transients, ``CompileOptions(external_transients=True)``),
 a GPT-2 small tree module (148 tensors; ``--gpt2``) of the ``--tree`` optimizers with a
 fixed-length flat module of the same model packed, and
 ``index.json`` describing them.
@@ -31,25 +31,6 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
-
-
-def external_transients(art, fname: str = "step") -> bytes:
-    """``art`` compiled again with ``fname`` taking its transient storage from the caller: IREE's
-    externalized transients (``!hal.buffer {iree.abi.transients}``, experimental in IREE 3.13),
-    with ``--iree-hal-force-indirect-command-buffers`` so the step stays one memoized command
-    buffer. The step then has no queue alloca or dealloca (IREE's CUDA HAL blocks the host on the
-    step's completion in its dealloca, even for an async-external module) and no fence of its own.
-    The caller passes a buffer of ``iree.abi.transients.size.constant`` bytes (the function's
-    reflection) after the arrays and before the fences. Not a product path: the runtime does
-    not pass such a buffer (docs/performance.md, ninth pass)."""
-    import iree.compiler as ic
-
-    head = f"func.func public @{fname}("
-    i = art.mlir.index(head)
-    j = art.mlir.index(") -> (", i)
-    mlir = art.mlir[:j] + ", %transients: !hal.buffer {iree.abi.transients}" + art.mlir[j:]
-    flags = [f for f in art.flags if not f.startswith("--iree-input-type=")]
-    return ic.compile_str(mlir, input_type="stablehlo", extra_args=[*flags, "--iree-hal-force-indirect-command-buffers"])
 
 
 def main(argv=None) -> int:
@@ -111,9 +92,12 @@ def main(argv=None) -> int:
                     art = compile_optimizer(spec.build(**options), Layout.flat(size=n), aopts, name=name, optimizer_options={**spec.defaults(), **options})
                     index["modules"][key].setdefault("fixed_async", {})[str(n)] = fname_a = f"{key}-flat{n}-async-{tgt.value}.vmfb"
                     art.save(args.folder / fname_a)
-                    # ... and with its transient in a buffer the caller passes (bench/gpu_async.py)
+                    # ... and with its transient storage in a buffer the caller passes
+                    # (CompileOptions.external_transients: no queue alloca/dealloca; gpu_async.py)
+                    xopts = CompileOptions(target=tgt, cuda_arch=args.cuda_arch, asynchronous=True, external_transients=True)
+                    art = compile_optimizer(spec.build(**options), Layout.flat(size=n), xopts, name=name, optimizer_options={**spec.defaults(), **options})
                     fname_x = f"{key}-flat{n}-async-ext-{tgt.value}.vmfb"
-                    (args.folder / fname_x).write_bytes(external_transients(art))
+                    art.save(args.folder / fname_x)
                     index["modules"][key].setdefault("fixed_async_ext", {})[str(n)] = fname_x
                     C.say(f"  {fname_a}, {fname_x}")
         if key in args.tree and args.gpt2 != "none":  # the many-tensor layout: one module, 148 tensors

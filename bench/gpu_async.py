@@ -12,8 +12,9 @@ For each size this times, round-robin in one process (``bench/_common.run_interl
 * ``bare sync``: the same module through ``vm_context.invoke`` (no runtime checks);
 * ``bare async``: the async-external module, fences chained, one wait per sample;
 * ``bare async, no transient``: the same with IREE's externalized transients
-  (``build_gpu_modules.external_transients``): no queue alloca/dealloca, whose CUDA dealloca
+  (``CompileOptions(external_transients=True)``): no queue alloca/dealloca, whose CUDA dealloca
   blocks the host until the step is done, so nothing makes the host wait between steps;
+  ``polaris async, no transient``: that module through the runtime (which passes the buffer);
 * ``torch fused``, ``jax.jit(optax)``: the peers of ``bench/gpu.py``.
 
 It checks that the async module's parameters after 10 steps equal the sync module's (relative L2
@@ -204,6 +205,7 @@ def main(argv=None) -> int:
                 "bare async": lambda: async_peer(args.modules / apath, args.device, p, g)}
         if xpath:  # no queue alloca/dealloca, no fence of its own: nothing makes the host wait
             make["bare async, no transient"] = lambda: async_peer(args.modules / xpath, args.device, p, g)
+            make["polaris async, no transient"] = lambda: G.polaris_peer(args.modules / xpath, args.device, p, g)
         if on_gpu:
             make["torch fused"] = lambda: G.torch_peer("adam", "fused", p, g)
         make["jax"] = lambda: G.jax_peer("adam", "gpu" if on_gpu else "cpu", p, g)

@@ -131,7 +131,7 @@ def _compile_with_manifest_edit(modules, edit):
 
 def test_unknown_schema_version_is_refused_naming_both(modules):
     vmfb = _compile_with_manifest_edit(modules, lambda t: t.replace("schema_version\\22:1", "schema_version\\22:99"))
-    with pytest.raises(pr.SchemaVersionError, match=r"schema version 99, but this runtime .* reads schema version\(s\) 1"):
+    with pytest.raises(pr.SchemaVersionError, match=r"schema version 99, but this runtime .* reads schema version\(s\) 1, 2"):
         pr.load(vmfb)
 
 

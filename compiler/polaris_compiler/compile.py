@@ -244,9 +244,50 @@ def compile_optimizer(
         manifest[key] = value
     with _tracing(options):
         _add_learning_rate_export(tx, s_def, s_leaves, hps, parts, manifest)
-    art = _finish(parts, manifest, options, flags, t0, aliases)
+    if options.external_transients:
+        manifest["schema_version"] = EXTERNAL_TRANSIENTS_SCHEMA_VERSION  # older runtimes cannot call it
+    transients = ("update", "step") if options.external_transients else ()
+    art = _finish(parts, manifest, options, flags, t0, aliases, transients)
     art.notes.extend(layout_notes(options, layout.kind, layout.size, layout.flat_dtype))
     return art
+
+
+# A module whose update/step take their transient storage from the caller needs a runtime that
+# passes it (polaris_runtime reads schema version 2 since it does).
+EXTERNAL_TRANSIENTS_SCHEMA_VERSION = 2
+
+
+def _check_transient_sizes(mlir: str, transients, options: CompileOptions, flags) -> None:
+    """Every function compiled with externalized transients must need a constant number of bytes
+    (the runtime allocates them once): IREE says so in the function's reflection, read here from
+    the VM stage (one more compile, for this experimental option only; the compiler does not
+    import the IREE runtime)."""
+    import re
+
+    import iree.compiler as ic
+
+    stage = [f for f in flags if not f.startswith("--iree-input-type=")]
+    o = options.resolved()
+    if Target.LLVM_CPU in o.targets and len(o.cpu_variants) > 1:
+        return  # the CPU-variant path compiles per variant; the runtime still refuses a non-constant size
+    try:
+        vm = ic.compile_str(mlir, input_type="stablehlo", extra_args=[*stage, "--compile-to=vm"]).decode()
+    except ic.CompilerToolError as e:
+        raise CompileError(
+            f"iree-compile failed for target {','.join(t.value for t in o.targets)}",
+            flags=flags, diagnostics=getattr(e, "stderr_text", None) or str(e), temps=None,
+        ) from None
+    for fname in transients:
+        m = re.search(rf"vm\.func [^\n]*@{fname}\([^\n]*", vm)
+        line = m.group(0) if m else ""
+        if "iree.abi.transients.size" in line and "iree.abi.transients.size.constant" not in line:
+            raise CompileError(
+                f"external_transients: IREE 3.13 gives {fname}'s transient storage no constant size "
+                f"(it depends on the arguments); compile without external_transients",
+                flags=flags,
+                diagnostics=line[-2000:],
+                temps=None,
+            )
 
 
 # -- segments: the tensor boundaries of a packed model, for flat layouts ----------------------
@@ -472,6 +513,8 @@ def _target_record(options: CompileOptions, flags: list[str]) -> dict:
         rec["hoist_scalars"] = False  # scalars fused into the elementwise kernels
     if o.asynchronous:
         rec["execution"] = "async"  # every export takes (wait fence, signal fence) last
+    if o.external_transients:
+        rec["external_transients"] = True  # update/step take a !hal.buffer after their arrays
     notes = options.notes()
     if notes:
         rec["notes"] = notes
@@ -557,14 +600,25 @@ def compile_functions(
     return _finish(parts, manifest, options, flags, t0)
 
 
-def _finish(parts, manifest, options: CompileOptions, flags, t0, aliases=None) -> Artifact:
+def _finish(parts, manifest, options: CompileOptions, flags, t0, aliases=None, transients=()) -> Artifact:
     Manifest.from_dict(manifest)  # the runtime's parser is the definition of the format
     refl = manifest_reflection(manifest)
-    mlir = merge_modules(parts, {entry: refl for entry in parts}, aliases=aliases)
+    mlir = merge_modules(parts, {entry: refl for entry in parts}, aliases=aliases, transients=transients)
     temps = options.save_temps or os.environ.get("POLARIS_SAVE_TEMPS") or None
     if temps:
         _save_temps(temps, parts, mlir, flags, manifest)
-    vmfb = _iree_compile(mlir, options, flags, temps)
+    try:
+        if transients:
+            _check_transient_sizes(mlir, transients, options, flags)
+        vmfb = _iree_compile(mlir, options, flags, temps)
+    except CompileError as e:
+        if not transients:
+            raise
+        first = str(e).split("\n", 1)[0]
+        raise CompileError(
+            f"{first} with external_transients (an experimental IREE feature): compile without it",
+            flags=e.flags, diagnostics=e.diagnostics, temps=e.temps,
+        ) from None
     return Artifact(vmfb, manifest, mlir, flags, time.perf_counter() - t0, options.notes())
 
 

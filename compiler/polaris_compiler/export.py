@@ -35,13 +35,16 @@ def merge_modules(
     reflection: dict[str, dict[str, str]],
     name: str = "polaris",
     aliases: dict[str, dict[int, int]] | None = None,
+    transients: Sequence[str] = (),
 ) -> str:
     """One MLIR module holding every ``parts[entry]``'s ``main`` renamed to ``entry``.
 
     ``reflection[entry]`` is added to that function's ``iree.reflection`` attribute (strings only).
     ``aliases[entry]`` maps argument index -> result index: each such argument gets
     ``tf.aliasing_output`` (IREE writes that result into the argument's buffer), replacing any
-    pairing JAX chose.
+    pairing JAX chose. Each entry in ``transients`` gets one more argument, last: a
+    ``!hal.buffer {iree.abi.transients}`` that holds the function's transient storage (IREE's
+    externalized transients; ``CompileOptions.external_transients``).
     """
     from iree.compiler import ir
 
@@ -62,6 +65,8 @@ def merge_modules(
                     op.attributes["sym_visibility"] = ir.StringAttr.get("public")
                     if aliases and entry in aliases:
                         _pin_aliases(ir, op, aliases[entry])
+                    if entry in transients:
+                        _add_transients_argument(ir, op)
                     attrs = {k: ir.StringAttr.get(v) for k, v in reflection.get(entry, {}).items()}
                     op.attributes["iree.reflection"] = ir.DictAttr.get(attrs)
                 else:
@@ -86,6 +91,18 @@ def _pin_aliases(ir, func_op, aliases: dict[int, int]) -> None:
             entries["tf.aliasing_output"] = ir.IntegerAttr.get(i32, aliases[i])
         new.append(ir.DictAttr.get(entries))
     func_op.attributes["arg_attrs"] = ir.ArrayAttr.get(new)
+
+
+def _add_transients_argument(ir, func_op) -> None:
+    """Appends ``%transients: !hal.buffer {iree.abi.transients}`` to ``func_op``'s arguments."""
+    buffer = ir.Type.parse("!hal.buffer")
+    block = func_op.regions[0].blocks[0]
+    n_args = len(block.arguments)
+    fn_type = ir.FunctionType(ir.TypeAttr(func_op.attributes["function_type"]).value)
+    func_op.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get([*fn_type.inputs, buffer], list(fn_type.results)))
+    block.add_argument(buffer, ir.Location.unknown())
+    old = list(ir.ArrayAttr(func_op.attributes["arg_attrs"])) if "arg_attrs" in func_op.attributes else [ir.DictAttr.get({})] * n_args
+    func_op.attributes["arg_attrs"] = ir.ArrayAttr.get([*old, ir.DictAttr.get({"iree.abi.transients": ir.UnitAttr.get()})])
 
 
 def manifest_reflection(manifest: dict) -> dict[str, str]:

@@ -82,6 +82,14 @@ class CompileOptions:
     # Adam 2x faster on a small CPU) or fused into the elementwise kernels (False: Adam's CUDA
     # step 5 dispatches -> 2; for GPU A/B runs, docs/performance.md fourth pass).
     hoist_scalars: bool = True
+    # Experimental (IREE marks the feature so): ``update`` and ``step`` take their transient
+    # storage (Adam: 192 bytes of hoisted scalars) from the caller, a ``!hal.buffer`` after the
+    # arrays, instead of a queue alloca/dealloca per call; with indirect command buffers so a
+    # fixed-size step stays one memoized command buffer. IREE 3.13's CUDA dealloca blocks the host
+    # until the step is done, so only such a step can pipeline on CUDA (docs/gpu-session.md).
+    # The runtime passes the buffer; C hosts read its size from the function's reflection
+    # (``iree.abi.transients.size.constant``; docs/abi.md).
+    external_transients: bool = False
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -216,5 +224,7 @@ def build_flags(opts: CompileOptions) -> list[str]:
             flags.append(f"--iree-rocm-target={o.rocm_arch}")
     if o.asynchronous:
         flags.append("--iree-execution-model=async-external")
+    if o.external_transients:
+        flags.append("--iree-hal-force-indirect-command-buffers")
     flags.extend(o.extra_args)
     return flags

@@ -67,6 +67,9 @@ def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) 
     click.echo(f"  target: {t.get('name')} ({t.get('backend')}; driver {t.get('driver')})")
     if t.get("execution") == "async":
         click.echo("  execution: async (every export takes a wait fence and a signal fence last; the runtime chains calls)")
+    if t.get("external_transients"):
+        click.echo("  transients: update and step take their transient storage as a buffer after the arrays "
+                   "(CompileOptions.external_transients, experimental; docs/abi.md)")
     if t.get("cpu_variants"):
         click.echo("  cpu variants (best first, picked at load): " + ", ".join(t["cpu_variants"]))
     click.echo(f"  flags: {' '.join(t.get('flags', []))}")

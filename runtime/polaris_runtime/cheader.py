@@ -81,6 +81,11 @@ def c_header(manifest: Manifest, prefix: str = "polaris", source: str | None = N
         w(" * ASYNC (compiled with --async): every function takes two more arguments after those listed,")
         w(" * a wait fence and a signal fence (iree_hal_fence_t*), and returns once its work is queued;")
         w(" * wait on the signal fence before reading a result on the host.")
+    external = bool(m.target.get("external_transients"))
+    if external:
+        w(" * EXTERNAL_TRANSIENTS: update and step take one more argument after those listed (before")
+        w(" * any fences): a device buffer (iree_hal_buffer_t*) of at least the bytes their reflection")
+        w(" * attribute iree.abi.transients.size.constant names, reused across calls that do not overlap.")
     w(" */")
     guard = f"{P}_MODULE_H_"
     w(f"#ifndef {guard}")
@@ -96,6 +101,7 @@ def c_header(manifest: Manifest, prefix: str = "polaris", source: str | None = N
     w(f"#define {P}_MANIFEST_SHA256 {_c_string(digest)}")
     w(f"#define {P}_NUM_FUNCTIONS {len(m.functions)}")
     w(f"#define {P}_ASYNC {1 if asynchronous else 0}  /* 1: each function also takes (wait fence, signal fence) */")
+    w(f"#define {P}_EXTERNAL_TRANSIENTS {1 if external else 0}  /* 1: update/step also take a transient buffer */")
     w("")
     symbols: dict[str, list[str]] = {}
     for fname, f in m.functions.items():

@@ -26,7 +26,9 @@ from polaris_runtime.errors import ModuleError, SchemaVersionError
 
 SCHEMA = "polaris-iree/manifest"
 SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+# 2: ``update``/``step`` also take their transient storage, a buffer after the arrays (modules
+# compiled with ``CompileOptions(external_transients=True)``; ``target.external_transients``).
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 REFLECTION_KEY = "polaris.manifest"
 
 DTYPES = ("float32", "float16", "bfloat16", "int32", "uint32", "int8", "bool")

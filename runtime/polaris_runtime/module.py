@@ -118,6 +118,14 @@ class Module:
                 f"directly (unexpected iree.abi reflection); recompile it without --async"
             )
         self._sem = config.device.create_semaphore(0) if self._asynchronous else None
+        # Functions compiled with externalized transients (CompileOptions.external_transients)
+        # take their transient storage as a buffer after the arrays (before an async call's
+        # fences): one per function, allocated here and passed to every call. Calls of a module
+        # never overlap on its device (one lock; async calls chained on one semaphore).
+        self._tails = {name: _transient_buffer(vm_module, name, config.device, path) for name in manifest.functions}
+        self._tails = {name: (buf,) for name, buf in self._tails.items() if buf is not None}
+        if any(self._direct.get(name) is None for name in self._tails):
+            raise ModuleError(f"{path}: a function taking a transient buffer that this runtime cannot call directly")
         self._tick = 0  # calls queued on self._sem
         self._verified_lists: dict[str, tuple] = {}
         self._plans: dict[str, _CallPlan | None] = {}  # Optimizer.step/update (see _CallPlan)
@@ -309,7 +317,8 @@ class Module:
         if fname in self._dynamic_reductions:
             self._check_reduction_limit(fname, dims)
         direct = self._direct.get(fname)
-        if self._asynchronous:  # IREE's FunctionInvoker cannot pass fences: upload host arrays here
+        if self._asynchronous or fname in self._tails:  # IREE's FunctionInvoker cannot pass fences
+            # or a transient buffer: upload host arrays here, so the direct call takes them
             args = [a if isinstance(a, rt.DeviceArray) else dev.upload(self.device, a) for a in args]
         with self._lock:
             if direct is not None and all(isinstance(a, rt.DeviceArray) for a in args):
@@ -344,6 +353,22 @@ class Module:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.manifest.name} ({self.path}) on {self.driver}>"
+
+
+def _transient_buffer(vm_module: rt.VmModule, name: str, device, path: str):
+    """The buffer function ``name`` takes for its transients, or None if it takes none."""
+    refl = vm_module.lookup_function(name).reflection
+    if "iree.abi.transients.size" not in refl:
+        return None
+    size = refl.get("iree.abi.transients.size.constant")
+    if size is None:
+        raise ModuleError(
+            f"{path}: {name}() takes transient storage whose size depends on its arguments; this "
+            f"runtime passes constant sizes only (recompile without external_transients)"
+        )
+    return device.allocator.allocate_buffer(
+        memory_type=rt.MemoryType.DEVICE_LOCAL, allowed_usage=rt.BufferUsage.DEFAULT, allocation_size=max(int(size), 16)
+    )
 
 
 def _unblock(fences) -> None:

@@ -32,7 +32,7 @@ def _is_last(value, last: tuple) -> bool:
 def _vm_args(parts) -> rt.VmVariantList:
     """An argument list of ``parts`` (lists of ``VmRef``s or buffer views, in call order), with
     room for the two fences an async module appends."""
-    args = rt.VmVariantList(sum(map(len, parts)) + 2)
+    args = rt.VmVariantList(sum(map(len, parts)) + 2)  # parts end with the transient buffer, if any
     push = args.push_ref
     for part in parts:
         for r in part:
@@ -65,9 +65,11 @@ def _direct_call(vm_module: rt.VmModule, name: str, n_out: int):
     bv_type, device_array = rt.HalBufferView, rt.DeviceArray
 
     def call(mod: Module, args):
-        arg_list = rt.VmVariantList(len(args) + 2)  # + an async export's two fences
+        arg_list = rt.VmVariantList(len(args) + 3)  # + a transient buffer, an async export's two fences
         for a in args:
             arg_list.push_ref(a._buffer_view)
+        for r in mod._tails.get(name, ()):
+            arg_list.push_ref(r)
         ret = rt.VmVariantList(n_out)
         mod._invoke(name, fn, arg_list, ret)
         device = mod.device
@@ -105,12 +107,13 @@ class _CallPlan:
 
     __slots__ = (
         "mod", "fname", "call", "inputs", "trusted", "checked", "last", "sig", "segments", "seg_views",
-        "outputs", "aliased", "lean", "lean_refs", "templates", "fresh", "ret", "invoke", "fast", "kept",
+        "outputs", "aliased", "lean", "lean_refs", "templates", "fresh", "ret", "invoke", "fast", "kept", "tail",
     )
 
     def __init__(self, mod: Module, fname: str, out: dict[str, Tree], bound: dict[str, list], segments):
         spec = mod.manifest.functions[fname]
         self.mod, self.fname, self.call = mod, fname, mod._direct[fname]
+        self.tail = mod._tails.get(fname, ())  # the transient buffer, passed after the arrays
         self.inputs = tuple(spec.inputs)
         self.trusted = {g: out[g] for g in spec.inputs if g in spec.donates and g in out}
         self.checked = tuple(g for g in spec.inputs if g not in self.trusted and g != "segments")
@@ -205,8 +208,9 @@ class _CallPlan:
                 given.append(a)
         call, mod = self.call, self.mod
         args = _vm_args([
-            items if g in trusted or g == "segments" else [a._buffer_view for a in items]
-            for g, items in zip(self.inputs, given, strict=True)
+            *(items if g in trusted or g == "segments" else [a._buffer_view for a in items]
+              for g, items in zip(self.inputs, given, strict=True)),
+            self.tail,
         ])
         ret = rt.VmVariantList(call.n_out)
         with mod._lock:
@@ -324,6 +328,7 @@ class _CallPlan:
         if kept is not None and _same_arrays(kept[0], checked_refs):
             args = kept[1]
         else:
+            parts.append(self.tail)
             args = _vm_args(parts)
             if self.invoke is not None:  # synchronous: kept while the checked groups are unchanged
                 self.kept = (tuple(checked_refs), args)  # (an async module appends fences to it)
@@ -348,7 +353,8 @@ class _CallPlan:
                 or set(self.trusted) != {"params", "state"} or self.fresh):
             return None
         plan, trusted, seg = self, self.trusted, self.segments
-        p_refs, suffix = self.lean[0][2], [r for _, is_donated, const in self.lean[2:] if is_donated is not None for r in const]
+        p_refs = self.lean[0][2]
+        suffix = [*(r for _, is_donated, const in self.lean[2:] if is_donated is not None for r in const), *self.tail]
         p_tmpl, s_tmpl = self.templates["params"], self.templates["state"]
         new, lean_refs = Tree.__new__, self.lean_refs
         lock, invoke, function, ret, fname = self.mod._lock, self.invoke, self.call.function, self.ret, self.fname

@@ -1,0 +1,99 @@
+"""``CompileOptions(external_transients=True)``: ``update`` and ``step`` take their transient
+storage from the caller (IREE's externalized transients, experimental in IREE 3.13). The step
+then has no queue alloca/dealloca, whose CUDA implementation blocks the host until the step is
+done (docs/performance.md, ninth pass; docs/gpu-session.md). The runtime allocates the buffer once
+and passes it; results must be the plain module's, bit for bit, on every call path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import polaris_runtime as pr
+from polaris._src import registry
+from polaris_compiler import CompileError, CompileOptions, Layout, compile_optimizer
+from polaris_runtime import device as dev
+from polaris_runtime.cheader import c_header
+
+N = 1000
+
+
+def _steps(opt, p0, grads):
+    """Host arrays first (the checked path), then device gradients (the plan, its steady state
+    and its kept argument list), then ``update`` both ways; returns every result on the host."""
+    s = opt.init(p0)
+    p, s = opt.step(p0, grads[0], s)
+    gd = [dev.upload(opt.device, g) for g in grads]
+    for g in gd:
+        p, s = opt.step(p, [g], s)
+    for _ in range(4):
+        p, s = opt.step(p, [gd[0]], s)
+    u1, s = opt.update(grads[1], s, p)
+    u2, s = opt.update([gd[2]], s, p)
+    return [np.asarray(x.numpy()) for x in (p, u1, u2)] + [s.leaves()]
+
+
+@pytest.mark.parametrize(("asynchronous", "size"), [(False, None), (True, N)], ids=["sync-any-length", "async-fixed"])
+def test_a_step_with_external_transients_matches_the_plain_module(modules, asynchronous, size):
+    lay = Layout.flat(size=size)
+    plain = modules.load("adam", dict(learning_rate=0.01), lay, asynchronous=asynchronous)
+    ext = modules.load("adam", dict(learning_rate=0.01), lay, asynchronous=asynchronous, external_transients=True)
+    m = ext.manifest
+    assert m.schema_version == 2 and m.target["external_transients"] is True
+    assert set(ext._tails) == {"update", "step"} and not plain._tails
+    rng = np.random.default_rng(3)
+    p0 = rng.standard_normal(N).astype(np.float32)
+    grads = [rng.standard_normal(N).astype(np.float32) for _ in range(5)]
+    want, got = _steps(plain, p0, grads), _steps(ext, p0, grads)
+    for a, b in zip(want[:3], got[:3], strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(want[3], got[3], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_step_has_no_queue_alloca_and_stays_memoized(modules):
+    """Read from the VM code: the fixed-size async step without its alloca/dealloca, one
+    indirect submission of a memoized command buffer, no fence of its own."""
+    import iree.compiler as ic
+
+    art = modules.artifact("adam", dict(learning_rate=0.01), Layout.flat(size=N), asynchronous=True, external_transients=True)
+    assert "--iree-hal-force-indirect-command-buffers" in art.flags
+    flags = [f for f in art.flags if not f.startswith("--iree-input-type=")]
+    vm = ic.compile_str(art.mlir, input_type="stablehlo", extra_args=[*flags, "--compile-to=vm"]).decode()
+    step = vm.split("vm.func private @step(", 1)[1].split("vm.export", 1)[0]
+    assert "@hal.device.queue.alloca" not in step and "@hal.device.queue.dealloca" not in step
+    assert step.count("@hal.device.queue.execute.indirect") == 1 and "@hal.command_buffer.create" not in step
+    assert "@hal.fence.create" not in step and "@hal.fence.await" not in step
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("noisy_sgd", "with external_transients (an experimental IREE feature): compile without it"),
+    ("adadelta", "gives update's transient storage no constant size"),
+])
+def test_where_iree_cannot_the_compiler_says_so(name, message):
+    with pytest.raises(CompileError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        compile_optimizer(registry.get(name).build(), Layout.flat(), CompileOptions(external_transients=True), name=name)
+
+
+def test_the_c_header_and_inspect_name_the_extra_argument(modules):
+    m = modules.load("adam", dict(learning_rate=0.01), Layout.flat(size=N), asynchronous=True, external_transients=True).manifest
+    h = c_header(m, prefix="adam_ext")
+    assert "#define ADAM_EXT_EXTERNAL_TRANSIENTS 1" in h and "iree.abi.transients.size.constant" in h
+    plain = modules.load("adam", dict(learning_rate=0.01), Layout.flat(size=N)).manifest
+    assert "#define ADAM_EXTERNAL_TRANSIENTS 0" in c_header(plain, prefix="adam")
+    from click.testing import CliRunner
+
+    from polaris.cli.__main__ import cli
+
+    path = modules.path("adam", dict(learning_rate=0.01), Layout.flat(size=N), asynchronous=True, external_transients=True)
+    res = CliRunner().invoke(cli, ["inspect", str(path)])
+    assert res.exit_code == 0 and "transients: update and step take their transient storage" in res.output
+
+
+def test_an_older_runtime_refuses_such_a_module_by_its_schema_version(monkeypatch, modules):
+    from polaris_runtime import manifest
+
+    art = modules.artifact("adam", dict(learning_rate=0.01), Layout.flat(size=N), asynchronous=True, external_transients=True)
+    monkeypatch.setattr(manifest, "SUPPORTED_SCHEMA_VERSIONS", (1,))
+    with pytest.raises(pr.SchemaVersionError, match="schema version 2"):
+        pr.load(art.vmfb)
