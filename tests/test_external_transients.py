@@ -97,3 +97,31 @@ def test_an_older_runtime_refuses_such_a_module_by_its_schema_version(monkeypatc
     monkeypatch.setattr(manifest, "SUPPORTED_SCHEMA_VERSIONS", (1,))
     with pytest.raises(pr.SchemaVersionError, match="schema version 2"):
         pr.load(art.vmfb)
+
+
+def test_a_process_that_stepped_with_transient_buffers_exits_cleanly(modules):
+    """The buffers are IREE objects held by the module: released at exit while the device exists
+    (the call plans' refs once crashed the interpreter's shutdown: tests/test_runtime_fastpath.py)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    paths = [modules.path("adam", dict(learning_rate=0.01), Layout.flat(size=N), asynchronous=a, external_transients=True) for a in (False, True)]
+    script = textwrap.dedent(f"""
+        import numpy as np
+        import polaris_runtime as pr
+        from polaris_runtime import device as dev
+        kept = []
+        for path, driver in zip({[str(p) for p in paths]!r}, ("local-sync", "local-task")):
+            opt = pr.load(path, device=driver)
+            p = np.linspace(-1, 1, {N}, dtype=np.float32)
+            s = opt.init(p)
+            g = [dev.upload(opt.device, np.full({N}, 0.1, np.float32))]
+            for _ in range(5):
+                p, s = opt.step(p, g, s)
+            kept.append((opt, p, s))
+        print("stepped", kept[1][0].step_count(kept[1][2]))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"exit status {r.returncode}\n{r.stdout}\n{r.stderr[-2000:]}"
+    assert r.stdout.strip() == "stepped 5"

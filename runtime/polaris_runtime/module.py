@@ -82,6 +82,7 @@ def _release_plans_at_exit() -> None:
             for plan in plans:
                 if plan is not None:
                     plan._release()
+            mod._tails = {}  # transient buffers (external_transients), freed while the device exists
     gc.collect()
 
 

@@ -141,6 +141,7 @@ class _CallPlan:
         """Drops the IREE refs and lists this plan holds (at exit, see _release_plans_at_exit),
         also where something outside the module still holds the plan."""
         self.fast = self.lean = self.lean_refs = self.kept = self.ret = None
+        self.tail = ()
 
     @classmethod
     def after(cls, mod: Module, fname: str, out: dict[str, Tree], bound: dict[str, list], segments) -> _CallPlan | None:
