@@ -125,3 +125,17 @@ def test_a_process_that_stepped_with_transient_buffers_exits_cleanly(modules):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"exit status {r.returncode}\n{r.stdout}\n{r.stderr[-2000:]}"
     assert r.stdout.strip() == "stepped 5"
+
+
+def test_the_cli_compiles_it_and_refuses_where_iree_cannot(tmp_path):
+    from click.testing import CliRunner
+
+    from polaris.cli.__main__ import cli
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["compile", "sgd", "momentum=0.9", "--size", "64", "--external-transients", "-o", str(tmp_path / "s.vmfb")])
+    assert res.exit_code == 0, res.output
+    m = pr.inspect_module(tmp_path / "s.vmfb")
+    assert m.schema_version == 2 and m.target["external_transients"] is True
+    res = runner.invoke(cli, ["compile", "adadelta", "--external-transients", "-o", str(tmp_path / "a.vmfb")])
+    assert res.exit_code == 2 and "no constant size" in res.output and "compile without external_transients" in res.output

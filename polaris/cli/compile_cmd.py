@@ -41,7 +41,7 @@ def default_output(name: str, options: dict, defaults: dict, layout, dtype: str,
     return "-".join(parts) + ".vmfb"
 
 
-def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra, max_segments=None, max_rows=None, size=None, asynchronous=False, segment_reduction="auto", whole_vector=False) -> str | None:
+def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra, max_segments=None, max_rows=None, size=None, asynchronous=False, segment_reduction="auto", whole_vector=False, external_transients=False) -> str | None:
     from polaris_compiler import cache
 
     try:
@@ -67,6 +67,7 @@ def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch,
             **({"async": True} if asynchronous else {}),
             **({"segment_reduction": segment_reduction} if segment_reduction != "auto" else {}),
             **({"whole_vector": True} if whole_vector else {}),
+            **({"external_transients": True} if external_transients else {}),
         }
     )
 
@@ -101,6 +102,7 @@ def _say(msg: str) -> None:
 @click.option("--vulkan-target", default="ampere", show_default=True, help="vulkan: target GPU family (ampere, rdna3, valhall, adreno, ...).")
 @click.option("--save-temps", type=click.Path(file_okay=False), default=None, help="Keep the .mlir, flags and manifest in this folder (also POLARIS_SAVE_TEMPS).")
 @click.option("--async", "asynchronous", is_flag=True, help="IREE's async-external model: calls return once their work is queued and the runtime chains them (faster on multi-core CPUs from ~1e5 parameters; docs/runtime.md). Default output NAME-...-TARGET-async.vmfb.")
+@click.option("--external-transients", is_flag=True, help="Experimental: update and step take their transient storage as a buffer the caller passes (the runtime does) instead of a queue allocation per call; on CUDA the only way --async steps overlap (docs/abi.md, docs/gpu-session.md). Default output NAME-...-TARGET[-async]-ext.vmfb.")
 @click.option("--iree-flag", "extra", multiple=True, help="Extra flag passed to iree-compile (repeatable).")
 @click.option("--no-cache", is_flag=True, help="Compile even if the compile cache holds this module (also POLARIS_NO_CACHE=1).")
 @click.option("--max-segments", type=click.IntRange(min=1), default=None, help="Flat layout: the most tensors the module serves when its transforms reduce per tensor (lamb, lars, fromage, adafactor). Default 4096. See docs/flat-modules.md.")
@@ -108,7 +110,7 @@ def _say(msg: str) -> None:
 @click.option("--whole-vector", is_flag=True, help="Flat layout: the whole vector is one tensor (no segment ids; per-tensor reductions such as LAMB's trust ratio run over all of it). For a model that is one tensor, or where one global norm is wanted: no segments to pass, and LAMB at 1e4 to 1e6 parameters 5-7x faster than with segments. See docs/flat-modules.md.")
 @click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Flat layout: the most rows (of rank >= 2 tensors) for centralize. Default 1048576.")
 @click.option("--freeze", "freeze", multiple=True, metavar="PATTERN", help="Leaves whose names match get zero updates and no optimizer state (repeatable; e.g. 'embed/*'). Needs a layout file.")
-def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_triple, cuda_arch, vulkan_target, save_temps, asynchronous, extra, no_cache, max_segments, segment_reduction, whole_vector, max_rows, freeze):
+def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_triple, cuda_arch, vulkan_target, save_temps, asynchronous, external_transients, extra, no_cache, max_segments, segment_reduction, whole_vector, max_rows, freeze):
     """Compile optimizer NAME to an IREE module exporting init, update and step.
 
     OPTIONS are KEY=VALUE pairs (see `polaris list`); a learning rate may be a schedule,
@@ -127,7 +129,7 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
         raise UsageFailure("--whole-vector makes the flat layout's vector one tensor; a --layout file's module knows its tensors: pass one or the other")
     key = None
     if not (no_cache or save_temps) and cache.enabled():
-        key = _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, (*extra, *(f"freeze={f}" for f in freeze)), max_segments, max_rows, size, asynchronous, segment_reduction, whole_vector)
+        key = _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, (*extra, *(f"freeze={f}" for f in freeze)), max_segments, max_rows, size, asynchronous, segment_reduction, whole_vector, external_transients)
         hit = cache.get(key) if key else None
         if hit is not None:
             data, info = hit
@@ -186,6 +188,7 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
         extra_args=tuple(extra),
         save_temps=save_temps,
         asynchronous=asynchronous,
+        external_transients=external_transients,
     )
     from polaris_compiler.options import layout_notes
 
@@ -203,7 +206,7 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
         raise UsageFailure(str(e)) from None
     except PolarisError as e:
         raise UsageFailure(str(e)) from None
-    default = default_output(name, opts, {} if grouped else spec.defaults(), layout, dtype, "+".join(t.value for t in copts.targets) + ("-async" if asynchronous else "") + ("-whole" if whole_vector else ""), size)
+    default = default_output(name, opts, {} if grouped else spec.defaults(), layout, dtype, "+".join(t.value for t in copts.targets) + ("-async" if asynchronous else "") + ("-ext" if external_transients else "") + ("-whole" if whole_vector else ""), size)
     path = art.save(output or default)
     if key:
         cache.put(key, art.vmfb, {"output": default, "optimizer": name, "seconds": art.seconds})
