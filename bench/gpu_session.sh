@@ -15,11 +15,11 @@ set -uo pipefail
 OUT=${OUT:-out/gpu-results}
 mkdir -p "$OUT"
 { nvidia-smi; python3 -c "import iree.runtime, numpy; print('iree', iree.runtime.__file__)"; } > "$OUT/check.log" 2>&1
-timeout 250 python3 bench/gpu_check.py run out/gpu-check --out "$OUT/check" --timeout 45 >> "$OUT/check.log" 2>&1
+timeout 230 python3 bench/gpu_check.py run out/gpu-check --out "$OUT/check" --timeout 45 >> "$OUT/check.log" 2>&1
 echo "gpu_check exit $?" | tee -a "$OUT/check.log"
 timeout 200 python3 bench/gpu.py --modules out/gpu-modules --out "$OUT/bench" --optimizers adam,adamw,sgd_momentum,lion > "$OUT/bench.log" 2>&1
 echo "gpu bench exit $?" | tee -a "$OUT/bench.log"
-timeout 90 python3 bench/gpu_async.py --modules out/gpu-modules --out "$OUT/async" >> "$OUT/bench.log" 2>&1
+timeout 110 python3 bench/gpu_async.py --modules out/gpu-modules --out "$OUT/async" >> "$OUT/bench.log" 2>&1
 echo "gpu async exit $?" | tee -a "$OUT/bench.log"
 # sum of squares as a dot or a reduction on CUDA (GPU targets keep the reduction until this says)
 if [ -d out/gpu-modules/norms ]; then
