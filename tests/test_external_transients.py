@@ -139,3 +139,22 @@ def test_the_cli_compiles_it_and_refuses_where_iree_cannot(tmp_path):
     assert m.schema_version == 2 and m.target["external_transients"] is True
     res = runner.invoke(cli, ["compile", "adadelta", "--external-transients", "-o", str(tmp_path / "a.vmfb")])
     assert res.exit_code == 2 and "no constant size" in res.output and "compile without external_transients" in res.output
+
+
+def test_vulkan_takes_the_buffer_too():
+    """The same async fixed-length step on lavapipe (a real Vulkan HAL, on the CPU) and on the CPU
+    from one multi-target module: the buffer comes from whichever device runs it."""
+    from _devices import lavapipe_or_skip
+
+    from polaris_compiler import Target
+
+    lavapipe_or_skip("a Vulkan device to run on")
+    opts = CompileOptions(target=Target.VULKAN, vulkan_target="llvmpipe", extra_targets=(Target.LLVM_CPU,),
+                          asynchronous=True, external_transients=True)
+    art = compile_optimizer(registry.get("adam").build(learning_rate=0.01), Layout.flat(size=N), opts, name="adam")
+    rng = np.random.default_rng(4)
+    p0 = rng.standard_normal(N).astype(np.float32)
+    grads = [rng.standard_normal(N).astype(np.float32) for _ in range(5)]
+    out = [_steps(pr.load(art.vmfb, device=d), p0, grads) for d in ("vulkan", "local-task")]
+    for a, b in zip(out[0][:3], out[1][:3], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
