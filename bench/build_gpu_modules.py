@@ -23,6 +23,7 @@ fixed-length flat module of the same model packed, and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -60,64 +61,60 @@ def main(argv=None) -> int:
     for key in args.optimizers:
         name, options = C.POLARIS[key]
         spec = registry.get(name)
+
+        def build(layout, fname, **option_changes):
+            """This optimizer compiled for ``layout`` (``opts`` with ``option_changes``), saved."""
+            art = compile_optimizer(spec.build(**options), layout, dataclasses.replace(opts, **option_changes),
+                                    name=name, optimizer_options={**spec.defaults(), **options})
+            art.save(args.folder / fname)
+            return art
+
         t0 = time.perf_counter()
-        art = compile_optimizer(spec.build(**options), Layout.flat(), opts, name=name, optimizer_options={**spec.defaults(), **options})
         fname = f"{key}-flat-{tgt.value}.vmfb"
-        art.save(args.folder / fname)
-        index["modules"][key] = {"file": fname, "polaris_name": name, "options": options,
-                                 "bytes_per_param": C.BYTES_PER_PARAM[key], "flags": art.flags, "notes": art.notes}
+        art = build(Layout.flat(), fname)
+        entry = index["modules"][key] = {"file": fname, "polaris_name": name, "options": options,
+                                         "bytes_per_param": C.BYTES_PER_PARAM[key], "flags": art.flags, "notes": art.notes}
         C.say(f"  {fname}: {len(art.vmfb) / 1024:.0f} KiB in {time.perf_counter() - t0:.1f} s")
         if key in args.fixed:
-            fixed = index["modules"][key]["fixed"] = {}
+            k = gpu_vector_multiple(opts, tgt)
             for n in args.fixed_sizes:
-                art = compile_optimizer(spec.build(**options), Layout.flat(size=n), opts, name=name, optimizer_options={**spec.defaults(), **options})
-                fixed[str(n)] = fname_n = f"{key}-flat{n}-{tgt.value}.vmfb"
-                art.save(args.folder / fname_n)
+                fixed = Layout.flat(size=n)
+                entry.setdefault("fixed", {})[str(n)] = fname_n = f"{key}-flat{n}-{tgt.value}.vmfb"
+                art = build(fixed, fname_n)
                 C.say(f"  {fname_n}: {len(art.vmfb) / 1024:.0f} KiB")
                 # the same step with its scalars fused into the elementwise kernel (5 -> 2 dispatches)
-                iopts = CompileOptions(target=tgt, cuda_arch=args.cuda_arch, hoist_scalars=False)
-                art = compile_optimizer(spec.build(**options), Layout.flat(size=n), iopts, name=name, optimizer_options={**spec.defaults(), **options})
-                index["modules"][key].setdefault("fixed_inline", {})[str(n)] = fname_i = f"{key}-flat{n}-inline-{tgt.value}.vmfb"
-                art.save(args.folder / fname_i)
-                k = gpu_vector_multiple(opts, tgt)
+                entry.setdefault("fixed_inline", {})[str(n)] = fname_i = f"{key}-flat{n}-inline-{tgt.value}.vmfb"
+                build(fixed, fname_i, hoist_scalars=False)
                 if k and n % k:  # a length IREE does not vectorise (1e6 on CUDA): the same step zero-padded to one it does
                     padded = -(-n // k) * k
-                    art = compile_optimizer(spec.build(**options), Layout.flat(size=padded), opts, name=name, optimizer_options={**spec.defaults(), **options})
                     fname_p = f"{key}-flat{padded}-{tgt.value}.vmfb"
-                    index["modules"][key].setdefault("fixed_padded", {})[str(n)] = {"file": fname_p, "size": padded}
-                    art.save(args.folder / fname_p)
+                    entry.setdefault("fixed_padded", {})[str(n)] = {"file": fname_p, "size": padded}
+                    build(Layout.flat(size=padded), fname_p)
                     C.say(f"  {fname_p}: {n} padded to a multiple of {k}")
                 if args.async_fixed:  # the same step with coarse fences: the caller orders, nobody waits
-                    aopts = CompileOptions(target=tgt, cuda_arch=args.cuda_arch, extra_args=("--iree-execution-model=async-external",))
-                    art = compile_optimizer(spec.build(**options), Layout.flat(size=n), aopts, name=name, optimizer_options={**spec.defaults(), **options})
-                    index["modules"][key].setdefault("fixed_async", {})[str(n)] = fname_a = f"{key}-flat{n}-async-{tgt.value}.vmfb"
-                    art.save(args.folder / fname_a)
+                    entry.setdefault("fixed_async", {})[str(n)] = fname_a = f"{key}-flat{n}-async-{tgt.value}.vmfb"
+                    build(fixed, fname_a, extra_args=("--iree-execution-model=async-external",))
                     # ... and with its transient storage in a buffer the caller passes
                     # (CompileOptions.external_transients: no queue alloca/dealloca; gpu_async.py)
-                    xopts = CompileOptions(target=tgt, cuda_arch=args.cuda_arch, asynchronous=True, external_transients=True)
-                    art = compile_optimizer(spec.build(**options), Layout.flat(size=n), xopts, name=name, optimizer_options={**spec.defaults(), **options})
-                    fname_x = f"{key}-flat{n}-async-ext-{tgt.value}.vmfb"
-                    art.save(args.folder / fname_x)
-                    index["modules"][key].setdefault("fixed_async_ext", {})[str(n)] = fname_x
+                    entry.setdefault("fixed_async_ext", {})[str(n)] = fname_x = f"{key}-flat{n}-async-ext-{tgt.value}.vmfb"
+                    build(fixed, fname_x, asynchronous=True, external_transients=True)
                     C.say(f"  {fname_a}, {fname_x}")
         if key in args.tree and args.gpt2 != "none":  # the many-tensor layout: one module, 148 tensors
             import jax
             import numpy as np
 
             div = 1 if args.gpt2 == "full" else 4
+            stem = f"{key}-gpt2{'' if div == 1 else f'-div{div}'}"
             sds = C.map_shapes(lambda s: jax.ShapeDtypeStruct(s, np.float32), C.gpt2_shapes(div))
-            art = compile_optimizer(spec.build(**options), Layout.from_tree(sds, source="gpt2"), opts, name=name, optimizer_options={**spec.defaults(), **options})
-            fname_t = f"{key}-gpt2{'' if div == 1 else f'-div{div}'}-tree-{tgt.value}.vmfb"
-            art.save(args.folder / fname_t)
-            index["modules"][key]["gpt2"] = {"file": fname_t, "div": div}
+            fname_t = f"{stem}-tree-{tgt.value}.vmfb"
+            art = build(Layout.from_tree(sds, source="gpt2"), fname_t)
             C.say(f"  {fname_t}: {len(art.vmfb) / 1024:.0f} KiB")
             # the same model packed into one fixed-length flat module (one kernel; GPT-2's
             # 124439808 = 972186 x 128, a length IREE's CUDA kernel loads as vectors)
             n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(sds))
-            art = compile_optimizer(spec.build(**options), Layout.flat(size=n), opts, name=name, optimizer_options={**spec.defaults(), **options})
-            fname_f = f"{key}-gpt2{'' if div == 1 else f'-div{div}'}-flat{n}-{tgt.value}.vmfb"
-            art.save(args.folder / fname_f)
-            index["modules"][key]["gpt2"]["flat_fixed"] = fname_f
+            fname_f = f"{stem}-flat{n}-{tgt.value}.vmfb"
+            art = build(Layout.flat(size=n), fname_f)
+            entry["gpt2"] = {"file": fname_t, "div": div, "flat_fixed": fname_f}
             C.say(f"  {fname_f}: {len(art.vmfb) / 1024:.0f} KiB")
     (args.folder / "index.json").write_text(json.dumps(index, indent=2) + "\n")
     print(args.folder / "index.json")

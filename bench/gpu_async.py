@@ -56,11 +56,12 @@ class _Async:
         if self.vm.lookup_function("step").reflection.get("iree.abi.model") != "coarse-fences":
             raise RuntimeError(f"{path} was not compiled with --iree-execution-model=async-external")
         self.sem, self.t = cfg.device.create_semaphore(0), 0
-        # a step with externalized transients (build_gpu_modules.external_transients) takes its
-        # transient storage as a buffer after the arrays: one, reused (the steps are chained)
-        size = self.vm.lookup_function("step").reflection.get("iree.abi.transients.size.constant")
-        self.transients = None if size is None else cfg.device.allocator.allocate_buffer(
-            memory_type=rt.MemoryType.DEVICE_LOCAL, allowed_usage=rt.BufferUsage.DEFAULT, allocation_size=max(int(size), 16))
+        # a step with externalized transients (CompileOptions.external_transients) takes its
+        # transient storage as a buffer after the arrays: one, reused (the steps are chained),
+        # allocated as the runtime does
+        from polaris_runtime.module import _transient_buffer
+
+        self.transients = _transient_buffer(self.vm, "step", cfg.device, str(path))
         pv, self.gv = dev.upload(cfg.device, p)._buffer_view, dev.upload(cfg.device, g)._buffer_view
         state = self._call("init", [pv], 4)
         self.wait()

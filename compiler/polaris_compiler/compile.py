@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -257,26 +258,10 @@ def compile_optimizer(
 EXTERNAL_TRANSIENTS_SCHEMA_VERSION = 2
 
 
-def _check_transient_sizes(mlir: str, transients, options: CompileOptions, flags) -> None:
+def _check_transient_sizes(vm: str, transients, flags, temps) -> None:
     """Every function compiled with externalized transients must need a constant number of bytes
-    (the runtime allocates them once): IREE says so in the function's reflection, read here from
-    the VM stage (one more compile, for this experimental option only; the compiler does not
-    import the IREE runtime)."""
-    import re
-
-    import iree.compiler as ic
-
-    stage = [f for f in flags if not f.startswith("--iree-input-type=")]
-    o = options.resolved()
-    if Target.LLVM_CPU in o.targets and len(o.cpu_variants) > 1:
-        return  # the CPU-variant path compiles per variant; the runtime still refuses a non-constant size
-    try:
-        vm = ic.compile_str(mlir, input_type="stablehlo", extra_args=[*stage, "--compile-to=vm"]).decode()
-    except ic.CompilerToolError as e:
-        raise CompileError(
-            f"iree-compile failed for target {','.join(t.value for t in o.targets)}",
-            flags=flags, diagnostics=getattr(e, "stderr_text", None) or str(e), temps=None,
-        ) from None
+    (the runtime allocates them once); IREE says so in the function's reflection, read here from
+    the VM-stage text (the compiler does not import the IREE runtime)."""
     for fname in transients:
         m = re.search(rf"vm\.func [^\n]*@{fname}\([^\n]*", vm)
         line = m.group(0) if m else ""
@@ -286,7 +271,7 @@ def _check_transient_sizes(mlir: str, transients, options: CompileOptions, flags
                 f"(it depends on the arguments); compile without external_transients",
                 flags=flags,
                 diagnostics=line[-2000:],
-                temps=None,
+                temps=temps,
             )
 
 
@@ -607,18 +592,7 @@ def _finish(parts, manifest, options: CompileOptions, flags, t0, aliases=None, t
     temps = options.save_temps or os.environ.get("POLARIS_SAVE_TEMPS") or None
     if temps:
         _save_temps(temps, parts, mlir, flags, manifest)
-    try:
-        if transients:
-            _check_transient_sizes(mlir, transients, options, flags)
-        vmfb = _iree_compile(mlir, options, flags, temps)
-    except CompileError as e:
-        if not transients:
-            raise
-        first = str(e).split("\n", 1)[0]
-        raise CompileError(
-            f"{first} with external_transients (an experimental IREE feature): compile without it",
-            flags=e.flags, diagnostics=e.diagnostics, temps=e.temps,
-        ) from None
+    vmfb = _iree_compile(mlir, options, flags, temps, transients)
     return Artifact(vmfb, manifest, mlir, flags, time.perf_counter() - t0, options.notes())
 
 
@@ -632,7 +606,10 @@ def _save_temps(d: str, parts, mlir, flags, manifest) -> None:
     (p / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
-def _iree_compile(mlir: str, options: CompileOptions, flags: list[str], temps: str | None) -> bytes:
+def _iree_compile(mlir: str, options: CompileOptions, flags: list[str], temps: str | None, transients=()) -> bytes:
+    """``mlir`` compiled to a ``.vmfb``. With ``transients`` (external_transients), in two stages
+    that together cost one compile: to the VM dialect, where their sizes are checked, then on to
+    the module (the same bytes as in one go)."""
     import iree.compiler as ic
 
     from polaris_compiler import cpu_variants
@@ -641,13 +618,19 @@ def _iree_compile(mlir: str, options: CompileOptions, flags: list[str], temps: s
     stage_flags = [f for f in flags if not f.startswith("--iree-input-type=")]
     try:
         if Target.LLVM_CPU in o.targets and len(o.cpu_variants) > 1:
+            # (compiled per variant: a size that is not constant is refused by the runtime at load)
             rest = [f for f in stage_flags if f != "--iree-hal-link-executables=false"]
             return cpu_variants.compile_variants(mlir, o.cpu_variants, o.cpu_triple, rest)
-        return ic.compile_str(mlir, input_type="stablehlo", extra_args=stage_flags)
+        if not transients:
+            return ic.compile_str(mlir, input_type="stablehlo", extra_args=stage_flags)
+        vm = ic.compile_str(mlir, input_type="stablehlo", extra_args=[*stage_flags, "--compile-to=vm"])
+        _check_transient_sizes(vm.decode(), transients, flags, temps)
+        return ic.compile_str(vm, extra_args=[*stage_flags, "--compile-from=vm"])
     except ic.CompilerToolError as e:
         diag = getattr(e, "stderr_text", None) or str(e)
+        experimental = " with external_transients (an experimental IREE feature): compile without it" if transients else ""
         raise CompileError(
-            f"iree-compile failed for target {','.join(t.value for t in o.targets)}",
+            f"iree-compile failed for target {','.join(t.value for t in o.targets)}{experimental}",
             flags=flags,
             diagnostics=diag,
             temps=temps,

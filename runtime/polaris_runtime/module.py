@@ -123,8 +123,11 @@ class Module:
         # take their transient storage as a buffer after the arrays (before an async call's
         # fences): one per function, allocated here and passed to every call. Calls of a module
         # never overlap on its device (one lock; async calls chained on one semaphore).
-        self._tails = {name: _transient_buffer(vm_module, name, config.device, path) for name in manifest.functions}
-        self._tails = {name: (buf,) for name, buf in self._tails.items() if buf is not None}
+        self._tails: dict[str, tuple] = {}
+        for name in manifest.functions:
+            buf = _transient_buffer(vm_module, name, config.device, path)
+            if buf is not None:
+                self._tails[name] = (buf,)
         if any(self._direct.get(name) is None for name in self._tails):
             raise ModuleError(f"{path}: a function taking a transient buffer that this runtime cannot call directly")
         self._tick = 0  # calls queued on self._sem
