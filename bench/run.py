@@ -11,6 +11,8 @@ Peers, each timed with its state and parameters resident where it computes:
 * ``polaris-whole`` (LAMB's one-tensor rows): the module built for one tensor (``--whole-vector``);
 * ``polaris-aligned`` (LAMB's flat rows): ``--size N --segment-reduction aligned``, the model
   packed with every tensor at a multiple of 16 elements (``pack(params, align=16)``);
+* ``polaris-aligned-any`` (the same rows): ``--segment-reduction aligned`` without ``--size``, one
+  module for any length that is a multiple of 16 (a scatter over the blocks instead of the tree);
 * ``polaris-async``: the same step compiled with ``--async`` (IREE's async-external model: a call
   returns once its work is queued, calls chained on a semaphore) on ``local-task``, whose worker
   threads then run one step while Python issues the next;
@@ -64,7 +66,7 @@ from _numpy_peer import NumpyStep  # noqa: E402
 from polaris_runtime import device as pr_device  # noqa: E402
 
 CACHE = C.REPO / ".cache" / "bench"
-PEERS = ("polaris", "polaris-fixed", "polaris-whole", "polaris-aligned", "polaris-async", "iree-bare", "optax", "numpy")
+PEERS = ("polaris", "polaris-fixed", "polaris-whole", "polaris-aligned", "polaris-aligned-any", "polaris-async", "iree-bare", "optax", "numpy")
 # optimizers whose flat module reduces per tensor (takes segments): their one-tensor rows also
 # time the module built for one tensor (`polaris compile NAME --size N --whole-vector`)
 PER_TENSOR = ("lamb",)
@@ -296,6 +298,7 @@ def run_suite(args) -> dict:
                 **({"polaris-whole": lambda: polaris_peer(compiled_module(opt, "flat", None, size=n, whole=True), p, [g], driver)} if opt in PER_TENSOR else {}),
                 # blocks of 16 (--segment-reduction aligned), one tensor here
                 **({"polaris-aligned": lambda: polaris_peer(compiled_module(opt, "flat", None, size=n, aligned=True), p, [g], driver)} if opt in PER_TENSOR and n % 16 == 0 else {}),
+                **({"polaris-aligned-any": lambda: polaris_peer(compiled_module(opt, "flat", None, aligned=True), p, [g], driver)} if opt in PER_TENSOR and n % 16 == 0 else {}),
                 "polaris-async": lambda: polaris_peer(compiled_module(opt, "flat", None, extra=ASYNC), p, [g], "local-task"),
                 "iree-bare": lambda: bare_peer(flat, [p], [g], driver),
                 "optax": lambda: optax_peer(opt, p, g),
@@ -343,6 +346,7 @@ def run_suite(args) -> dict:
                 # --size of the packed model: for LAMB the segment tree instead of the scatter
                 "polaris-fixed": lambda: polaris_peer(compiled_module(opt, "flat", None, size=total), fp, [fg], driver, segments=packing),
                 **({"polaris-aligned": lambda: polaris_peer(compiled_module(opt, "flat", None, size=packing16.size, aligned=True), fp16, [fg16], driver, segments=packing16)} if opt in PER_TENSOR else {}),
+                **({"polaris-aligned-any": lambda: polaris_peer(compiled_module(opt, "flat", None, aligned=True), fp16, [fg16], driver, segments=packing16)} if opt in PER_TENSOR else {}),
                 "iree-bare": lambda: bare_peer(flat, [fp], [fg], driver, segments=packing),
                 "optax": lambda: optax_peer(opt, fp, fg),
                 "numpy": lambda: numpy_peer(opt, np_p, np_g),
@@ -433,7 +437,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
     results = [r for r in data["results"] if "step_s" in r]
     opts = list(dict.fromkeys(r["optimizer"] for r in results))
     floor = data["info"]["copy_bandwidth"]["floor_gbs"]
-    colors = {"polaris": "C0", "polaris-fixed": "C4", "polaris-whole": "C5", "polaris-aligned": "C6", "polaris-async": "C3", "iree-bare": "C9", "optax": "C1", "numpy": "C2"}
+    colors = {"polaris": "C0", "polaris-fixed": "C4", "polaris-whole": "C5", "polaris-aligned": "C6", "polaris-aligned-any": "C7", "polaris-async": "C3", "iree-bare": "C9", "optax": "C1", "numpy": "C2"}
     many = [r for r in results if "gpt2" in r["layout"]]
     ncols = len(opts) + (1 if many else 0)
     fig, axes = plt.subplots(1, ncols, figsize=(3.4 * ncols, 3.6), squeeze=False)

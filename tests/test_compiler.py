@@ -34,6 +34,27 @@ def test_build_flags_is_pure_and_names_the_target():
     assert build_flags(CompileOptions(extra_args=("--x",)))[-1] == "--x"
 
 
+def test_segment_notes_name_the_faster_forms():
+    """A flat module that sums per tensor in a slow form says which forms are faster, and only
+    those that can serve its transform (aligned: sums only)."""
+    from polaris_compiler.options import segment_notes
+
+    cpu, cuda = CompileOptions(), CompileOptions(target=Target.CUDA)
+    (any_len,) = segment_notes(cpu, None, "scatter", "lamb")
+    assert any_len.startswith("lamb: a flat module of any length") and "H200" not in any_len
+    assert all(f in any_len for f in ("--segment-reduction aligned", "pack(params, align=16)", "--whole-vector", "--layout FILE"))
+    assert "one workgroup per element" in segment_notes(cuda, None, "scatter", "lamb")[0]
+    (counted,) = segment_notes(cpu, None, "scatter", "adafactor", aligned_ok=False)
+    assert "aligned" not in counted and "--size N (a tree of block sums" in counted
+    for reduction in ("tree", "scatter"):
+        (fixed,) = segment_notes(cpu, 10000, reduction, "lamb")
+        assert f"faster than this {reduction} module" in fixed and "pack(params, align=16)" in fixed
+        assert segment_notes(cpu, 10000, reduction, "adafactor", aligned_ok=False) == []
+    assert segment_notes(cpu, 10000, "aligned", "lamb") == []
+    (any_aligned,) = segment_notes(cpu, None, "aligned", "lamb")
+    assert "an aligned flat module of any length; --size N" in any_aligned
+
+
 def test_layout_notes_steer_gpu_flat_modules_to_a_fixed_vectorisable_length():
     from polaris_compiler.options import gpu_vector_multiple, layout_notes
 

@@ -260,7 +260,15 @@ def test_adam_flat_module_is_unchanged():
 
 def test_manifest_records_segments():
     m = load("lamb").manifest
-    assert m.segments == {"leaves": ["segment_ids"], "max": 4096, "reduction": "scatter"}
+    seg = dict(m.segments)
+    notes = seg.pop("notes")
+    assert seg == {"leaves": ["segment_ids"], "max": 4096, "reduction": "scatter"}
+    # the module says how to sum faster: LAMB only sums, so the aligned form serves it
+    assert len(notes) == 1 and "sums per tensor with a scatter over every element" in notes[0]
+    assert "--segment-reduction aligned" in notes[0] and "--whole-vector" in notes[0] and "--layout FILE" in notes[0]
+    # Adafactor divides by each tensor's element count: aligned cannot serve it, the tree can
+    (ada,) = load("adafactor").manifest.segments["notes"]
+    assert "aligned" not in ada and "--size N (a tree of block sums" in ada
     assert [s.to_dict() for s in m.group("segments")] == [{"name": "segment_ids", "shape": ["n", 1], "dtype": "int32"}]
     assert m.functions["step"].inputs == ("params", "grads", "state", "segments")
     assert m.functions["update"].inputs == ("grads", "state", "params", "segments")
@@ -409,9 +417,12 @@ def test_cli_sets_the_bound_and_inspect_shows_it(tmp_path):
     runner = CliRunner()
     r = runner.invoke(cli, ["compile", "lamb", "--max-segments", "64", "-o", str(out)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert pr.inspect_module(out).segments == {"leaves": ["segment_ids"], "max": 64, "reduction": "scatter"}
+    assert "note: lamb: a flat module of any length sums per tensor with a scatter" in r.stderr
+    seg = pr.inspect_module(out).segments
+    assert {k: v for k, v in seg.items() if k != "notes"} == {"leaves": ["segment_ids"], "max": 64, "reduction": "scatter"}
     text = runner.invoke(cli, ["inspect", str(out)], catch_exceptions=False).output
     assert "takes segments: segment_ids (at most 64 tensors" in text
+    assert f"note: {seg['notes'][0]}" in text
     assert "step(params, grads, state, segments)" in text
     r = runner.invoke(cli, ["compile", "lamb", "--max-segments", "0", "-o", str(out)])
     assert r.exit_code != 0 and "--max-segments" in r.output

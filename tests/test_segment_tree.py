@@ -193,6 +193,8 @@ def test_tree_module_refuses_ids_out_of_order_and_takes_sorted_ones(big_lamb):
 
 def test_manifest_names_the_reduction_and_unknown_ones_are_refused(big_lamb):
     raw = json.loads(big_lamb[3].manifest.to_json())
+    (note,) = raw["segments"].pop("notes")  # LAMB only sums: the aligned form would serve it faster
+    assert "--segment-reduction aligned" in note and "faster than this tree module" in note
     assert raw["segments"] == {"leaves": ["segment_ids"], "max": 16, "reduction": "tree"}
     raw["segments"]["reduction"] = "prefix-sum"
     with pytest.raises(pr.ModuleError, match="segments.reduction 'prefix-sum'.*'scatter', 'tree'.*upgrade"):

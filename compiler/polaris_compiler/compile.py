@@ -40,7 +40,7 @@ from polaris_compiler.errors import CompileError, LayoutError
 from polaris_compiler.export import export_text, manifest_reflection, merge_modules
 from polaris_compiler.hazards import anchored
 from polaris_compiler.layout import Layout
-from polaris_compiler.options import GPU_TARGETS, CompileOptions, Target, build_flags, layout_notes
+from polaris_compiler.options import GPU_TARGETS, CompileOptions, Target, build_flags, layout_notes, segment_notes
 
 
 @dataclasses.dataclass
@@ -119,9 +119,9 @@ def compile_optimizer(
       segment_reduction: how a flat module sums per tensor (``polaris._src.segments``):
         ``"scatter"`` (any ids, any length), ``"tree"`` (fixed-size flat layouts only; the
         runtime then requires non-decreasing ``segment_ids``, as ``pack`` makes them),
-        ``"aligned"`` (fixed-size flat layouts of a multiple of 16 elements, packed with
-        ``pack(tree, align=16)``: every tensor starts a block of 16; the fastest for LAMB, LARS
-        and Fromage, not for per-tensor means or ``centralize``) or ``"auto"`` (default): the
+        ``"aligned"`` (flat layouts packed with ``pack(tree, align=16)``: every tensor starts a
+        block of 16, so the length is a multiple of 16, fixed or any; the fastest for LAMB,
+        LARS and Fromage, not for per-tensor means or ``centralize``) or ``"auto"`` (default): the
         tree for fixed-size layouts on GPU targets, or on the CPU once the vector has at least
         ``TREE_MIN_ELEMENTS_PER_SEGMENT * max_segments`` elements; the scatter otherwise
         (:func:`choose_segment_reduction`; never "aligned", which needs its own packing).
@@ -139,14 +139,32 @@ def compile_optimizer(
     def unflat_s(xs):
         return jax.tree.unflatten(s_def, list(xs))
 
-    seg_names = _segment_inputs(tx, layout, p_leaves, s_leaves, unflat_p, unflat_s, segments, max_segments, max_rows)
+    seg_names, counted = _segment_inputs(tx, layout, p_leaves, s_leaves, unflat_p, unflat_s, segments, max_segments, max_rows)
     n_seg = len(seg_names)
     reduction = choose_segment_reduction(segment_reduction, layout, max_segments, options)
     aligned = bool(seg_names) and reduction == "aligned"
+    if aligned and (counted or "row_ids" in seg_names):
+        why = (
+            "need row_ids (one per element, for centralize), which an aligned flat module does not take"
+            if "row_ids" in seg_names else "divide by each tensor's element count (a per-tensor mean), which an "
+            "aligned packing does not carry (its zero padding would count)"
+        )
+        raise LayoutError(
+            f"compile_optimizer: segment_reduction='aligned' sums blocks of {SEGMENT_ALIGN} elements, but "
+            f"{name}'s transforms {why}; compile this optimizer's flat module with segment_reduction 'tree' "
+            f"or 'scatter' (--segment-reduction), or for its tree layout"
+        )
+    if aligned and layout.size is None:
+        # any length that is a multiple of 16 (16*b elements: b blocks), so that the module can
+        # see its vectors as (b, 16) blocks; the same leaves and state in that symbol
+        layout = layout.in_blocks(SEGMENT_ALIGN)
+        p_leaves = jax.tree.leaves(layout.tree)
+        state_shape = jax.eval_shape(tx.init, layout.tree)
+        s_leaves = jax.tree.leaves(state_shape)
     block_sums = _aligned_block_sums(layout, max_segments, options) if aligned else "tree"
     seg_leaves = [_segment_struct(layout, aligned)] * n_seg if seg_names else []
     # "aligned": the transforms see every flat vector as (n / 16, 16) blocks (segments.py)
-    blocks = functools.partial(_as_blocks, n=layout.size) if aligned else list
+    blocks = functools.partial(_as_blocks, n=layout.tree.shape[0]) if aligned else list
 
     def in_segments(seg):
         if not seg_names:
@@ -232,6 +250,10 @@ def compile_optimizer(
             manifest["segments"]["reduction"] = reduction  # "tree": segment_ids must be non-decreasing
             if aligned:  # one id per block of `align` elements; tensors start at block boundaries
                 manifest["segments"]["align"] = SEGMENT_ALIGN
+            # how to sum faster, where a faster form exists (polaris inspect repeats them)
+            seg_notes = segment_notes(options, layout.size, reduction, name, aligned_ok=not counted and "row_ids" not in seg_names)
+            if seg_notes:
+                manifest["segments"]["notes"] = seg_notes
         if "row_ids" in seg_names:
             manifest["segments"]["max_rows"] = max_rows
     reducing = [f for f, fn, a in (("update", update_fn, update_args), ("step", step_fn, step_args)) if _reduces_dynamic_length(fn, a)]
@@ -250,6 +272,7 @@ def compile_optimizer(
     transients = ("update", "step") if options.external_transients else ()
     art = _finish(parts, manifest, options, flags, t0, aliases, transients)
     art.notes.extend(layout_notes(options, layout.kind, layout.size, layout.flat_dtype))
+    art.notes.extend(manifest.get("segments", {}).get("notes", []))
     return art
 
 
@@ -297,13 +320,13 @@ def choose_segment_reduction(requested: str, layout: Layout, max_segments: int, 
             f"{', '.join(map(repr, SEGMENT_REDUCTIONS))}; got {requested!r}"
         )
     size = layout.size if layout.kind == "flat" else None
-    if requested in ("tree", "aligned") and size is None:
+    if requested == "tree" and size is None:
         raise LayoutError(
             f"compile_optimizer: segment_reduction={requested!r} needs a fixed-size flat layout "
             "(Layout.flat(size=N), polaris compile ... --size N): the tree's levels have static "
-            "lengths; use 'scatter' (or 'auto') for a flat module of any length"
+            "lengths; use 'scatter', 'aligned' or 'auto' for a flat module of any length"
         )
-    if requested == "aligned" and size % SEGMENT_ALIGN:
+    if requested == "aligned" and size is not None and size % SEGMENT_ALIGN:
         raise LayoutError(
             f"compile_optimizer: segment_reduction='aligned' needs a size that is a multiple of "
             f"{SEGMENT_ALIGN} (every tensor starts a block of {SEGMENT_ALIGN}), got {size}; use the "
@@ -323,6 +346,8 @@ def _aligned_block_sums(layout: Layout, max_segments: int, options: CompileOptio
     ``TREE_MIN_ELEMENTS_PER_SEGMENT`` blocks per possible segment, else a scatter over the blocks
     (the same break-even as for elements: a 10k LAMB step 540 us with the tree of 4096 possible
     segments, docs/performance.md eighth pass)."""
+    if layout.size is None:
+        return "scatter"  # any length: the tree's levels need static lengths
     if any(t in GPU_TARGETS for t in options.targets):
         return "tree"
     blocks = layout.size // SEGMENT_ALIGN
@@ -345,9 +370,11 @@ def _abi_shapes(xs, structs) -> list:
     return [jnp.reshape(x, st.shape) if jnp.shape(x) != st.shape else x for x, st in zip(xs, structs, strict=True)]
 
 
-def _segment_inputs(tx, layout, p_leaves, s_leaves, unflat_p, unflat_s, segments, max_segments, max_rows) -> list[str]:
-    """Which index vectors ``update``/``step`` take: traces ``update`` once with both offered
-    and keeps those the transform read (none for element-wise optimizers such as adam)."""
+def _segment_inputs(tx, layout, p_leaves, s_leaves, unflat_p, unflat_s, segments, max_segments, max_rows) -> tuple[list[str], bool]:
+    """Which index vectors ``update``/``step`` take, and whether the transform divides by
+    element counts (a per-tensor mean, which the "aligned" reduction cannot serve): traces
+    ``update`` once with both offered and keeps those the transform read (none for element-wise
+    optimizers such as adam)."""
     for what, v in (("max_segments", max_segments), ("max_rows", max_rows)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise LayoutError(f"compile_optimizer: `{what}` must be a positive int, got {v!r}")
@@ -357,23 +384,25 @@ def _segment_inputs(tx, layout, p_leaves, s_leaves, unflat_p, unflat_s, segments
                 "compile_optimizer: segments=True needs the flat layout (Layout.flat()); a tree "
                 "layout already knows its tensors, so its transforms reduce per leaf"
             )
-        return []
+        return [], False
     if segments is False:
-        return []
+        return [], False
     ids = _segment_struct(layout)
     used: set[str] = set()
+    counted = []
 
     def probe(g, s, p, seg, rows):
         with flat_segments(seg, max_segments, row_ids=rows, num_rows=max_rows) as ctx:
             out = tx.update(unflat_p(g), unflat_s(s), unflat_p(p))
         used.update(ctx.used)
+        counted.append(ctx.counted)
         return out
 
     jax.eval_shape(probe, list(p_leaves), list(s_leaves), list(p_leaves), ids, ids)
     names = [n for n in SEGMENT_INPUTS if n in used]
     if segments and not names:
         names = ["segment_ids"]
-    return names
+    return names, any(counted)
 
 
 # -- optional 4th export: learning_rate(state...) -> (lr,) ------------------------------------

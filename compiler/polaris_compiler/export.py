@@ -9,6 +9,7 @@ module with the MLIR Python bindings shipped in iree-base-compiler. Donation att
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 
 import jax
@@ -52,7 +53,7 @@ def merge_modules(
         out = ir.Module.create()
         out.operation.attributes["sym_name"] = ir.StringAttr.get(name)
         for entry, text in parts.items():
-            m = ir.Module.parse(text)
+            m = ir.Module.parse(legalize_dynamic_reshapes(text))
             ops = list(m.body.operations)
             for op in ops:
                 if "sym_name" not in op.attributes:
@@ -74,6 +75,60 @@ def merge_modules(
             for op in ops:
                 out.body.append(op)
         return str(out.operation.get_asm(enable_debug_info=False))
+
+
+# `%r = stablehlo.dynamic_reshape %x, %shape : (tensor<A>, tensor<Kxi32>) -> tensor<B> loc(...)`
+_DYNAMIC_RESHAPE = re.compile(
+    r"^(?P<ind>\s*)(?P<res>%[\w.#]+) = stablehlo\.dynamic_reshape (?P<x>%[\w.#]+), (?P<shape>%[\w.#]+) : "
+    r"\(tensor<(?P<a>[^>]*)>, tensor<(?P<k>\d+)xi(?P<w>32|64)>\) -> tensor<(?P<b>[^>]*)>(?P<rest>.*)$"
+)
+
+
+def legalize_dynamic_reshapes(text: str) -> str:
+    """Rewrites the dynamic reshapes IREE 3.13 cannot legalize into the tensor dialect's.
+
+    A flat vector of unknown length seen as blocks, ``(16*b,) <-> (b, 16)`` (the "aligned" segment
+    reduction of a module of any length), reaches IREE as ``stablehlo.dynamic_reshape``, which its
+    StableHLO input conversion refuses ("failed to legalize"). When the only unknown dimension
+    is the leading one and the reshape splits it into ``(?, k)`` or merges ``(?, k)`` back, the
+    same reshape is a ``tensor.expand_shape`` / ``tensor.collapse_shape``, which IREE folds into
+    its dispatches (no copy). Other dynamic reshapes are left as they are.
+    """
+    if "stablehlo.dynamic_reshape" not in text:
+        return text
+    out, k = [], 0
+    for line in text.split("\n"):
+        m = _DYNAMIC_RESHAPE.match(line)
+        new = _reshape_as_tensor_op(m, k) if m else None
+        if new is None:
+            out.append(line)
+            continue
+        k += 1
+        out.extend(new)
+    return "\n".join(out)
+
+
+def _reshape_as_tensor_op(m: re.Match, k: int) -> list[str] | None:
+    a, b = m["a"].split("x"), m["b"].split("x")
+    if len(a) < 2 or len(b) < 2 or a[-1] != b[-1]:  # the element type is the last "x" part
+        return None
+    (*da, _), (*db, _) = a, b
+    ind, res, x, rest = m["ind"], m["res"], m["x"], m["rest"]
+    if not (da[0] == db[0] == "?" and "?" not in da[1:] + db[1:]):
+        return None
+    groups = lambda n: "[[0, 1]" + "".join(f", [{i}]" for i in range(2, n)) + "]"  # noqa: E731
+    if len(db) == len(da) + 1 and db[2:] == da[1:] and db[1].isdigit():  # (?, *s) -> (?, k, *s)
+        c, e, d = f"%pi_c{k}", f"%pi_e{k}", f"%pi_d{k}"
+        return [
+            f"{ind}{c} = arith.constant 0 : index",
+            f"{ind}{e} = tensor.extract {m['shape']}[{c}] : tensor<{m['k']}xi{m['w']}>",
+            f"{ind}{d} = arith.index_cast {e} : i{m['w']} to index",
+            f"{ind}{res} = tensor.expand_shape {x} {groups(len(db))} output_shape [{d}, {', '.join(db[1:])}] "
+            f": tensor<{m['a']}> into tensor<{m['b']}>{rest}",
+        ]
+    if len(da) == len(db) + 1 and da[2:] == db[1:] and da[1].isdigit():  # (?, k, *s) -> (?, *s)
+        return [f"{ind}{res} = tensor.collapse_shape {x} {groups(len(da))} : tensor<{m['a']}> into tensor<{m['b']}>{rest}"]
+    return None
 
 
 def _pin_aliases(ir, func_op, aliases: dict[int, int]) -> None:

@@ -25,6 +25,7 @@ from polaris_compiler.errors import LayoutError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 FLAT_SYMBOL = "n"
+BLOCK_SYMBOL = "b"  # blocks of a flat vector of any multiple of a block (Layout.in_blocks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,15 @@ class Layout:
         else:
             n = int(size)
         return cls("flat", jax.ShapeDtypeStruct((n,), _dtype(dtype, "flat layout")), "flat")
+
+    def in_blocks(self, block: int) -> Layout:
+        """A flat layout of any length as one of any multiple of ``block`` elements (the symbolic
+        length ``block*b``: ``b`` blocks), so that a module can see its vectors as ``(b, block)``
+        (the "aligned" segment reduction). A fixed-size layout is returned as it is."""
+        if self.kind != "flat" or self.size is not None:
+            return self
+        (n,) = jax.export.symbolic_shape(f"{block}*{BLOCK_SYMBOL}")
+        return dataclasses.replace(self, tree=jax.ShapeDtypeStruct((n,), self.tree.dtype))
 
     @property
     def size(self) -> int | None:

@@ -80,6 +80,7 @@ class FlatSegments:
     used: set = dataclasses.field(default_factory=set)  # {"segment_ids", "row_ids"}
     reduction: str = "scatter"  # or "tree", "aligned" (segment_ids only; the module docstring)
     block_sums: str = "tree"  # "aligned": how the block sums are summed per tensor (or "scatter")
+    counted: bool = False  # a trace divided by element counts (per-tensor means): never "aligned"
 
     # -- the two primitives every helper is built from ---------------------------------------
     # Helpers reduce into segment space ((num,) vectors), compute there, and broadcast back once:
@@ -99,6 +100,7 @@ class FlatSegments:
 
     def counts(self, x, what: str = "a per-tensor reduction", kind: str = "segment_ids"):
         """The number of elements in each segment (row), float32."""
+        self.counted = True
         if self.reduction == "aligned":
             raise ValueError(
                 f"{what} divides by each tensor's element count, which an aligned packing does not "
@@ -131,8 +133,14 @@ class FlatSegments:
         ``row_ids``, 0.0 where the id is ``-1``."""
         ids = self._ids(kind, None, "broadcast")
         if kind == "segment_ids" and self.reduction == "aligned":  # one gather per block
-            per_block = jnp.take(jnp.asarray(per_segment), ids[:, 0], mode="clip")
-            return jnp.broadcast_to(per_block[:, None], (ids.shape[0], SEGMENT_ALIGN))
+            if isinstance(ids.shape[0], int):
+                per_block = jnp.take(jnp.asarray(per_segment), ids[:, 0], mode="clip")
+                return jnp.broadcast_to(per_block[:, None], (ids.shape[0], SEGMENT_ALIGN))
+            # an unknown number of blocks: IREE 3.13 cannot broadcast (b, 1) to (b, 16), so each
+            # block gathers its whole row of a (num_segments, 16) table (a unit axis, no collapse)
+            rows = jnp.broadcast_to(jnp.asarray(per_segment, _F32)[:, None], (jnp.shape(per_segment)[0], SEGMENT_ALIGN))
+            dn = lax.GatherDimensionNumbers(offset_dims=(1, 2), collapsed_slice_dims=(), start_index_map=(0,))
+            return jnp.sum(lax.gather(rows, ids, dn, slice_sizes=(1, SEGMENT_ALIGN), mode=lax.GatherScatterMode.CLIP), axis=1)
         weight = (ids >= 0).astype(_F32) if kind == "row_ids" else None
         return _broadcast(per_segment, ids, weight)
 

@@ -58,6 +58,8 @@ def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) 
     layout = m.layout
     if layout == "flat" and m.params and all(isinstance(d, int) for d in m.params[0].shape):
         layout = f"flat, exactly {m.params[0].shape[0]} elements"
+    elif layout == "flat" and m.params and isinstance(m.params[0].shape[0], str) and "*" in m.params[0].shape[0]:
+        layout = f"flat, any multiple of {m.params[0].shape[0].partition('*')[0]} elements"
     click.echo(f"  {m.kind}: {m.name}  (schema v{m.schema_version}, layout {layout})")
     if m.options:
         click.echo("  options: " + ", ".join(f"{k}={v}" for k, v in m.options.items()))
@@ -73,7 +75,7 @@ def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) 
     if t.get("cpu_variants"):
         click.echo("  cpu variants (best first, picked at load): " + ", ".join(t["cpu_variants"]))
     click.echo(f"  flags: {' '.join(t.get('flags', []))}")
-    for note in [*t.get("notes", []), *_layout_notes(m)]:
+    for note in [*t.get("notes", []), *_layout_notes(m), *(m.segments or {}).get("notes", [])]:
         click.echo(f"  note: {note}")
     click.echo("  versions: " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     seg = m.segments

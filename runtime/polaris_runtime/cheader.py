@@ -17,7 +17,7 @@ import json
 import math
 import re
 
-from polaris_runtime.manifest import LeafSpec, Manifest
+from polaris_runtime.manifest import LeafSpec, Manifest, _dim_ref
 
 # numpy dtype name -> (IREE element type as written by iree-run-module, bytes per element)
 IREE_TYPES = {
@@ -104,6 +104,7 @@ def c_header(manifest: Manifest, prefix: str = "polaris", source: str | None = N
     w(f"#define {P}_EXTERNAL_TRANSIENTS {1 if external else 0}  /* 1: update/step also take a transient buffer */")
     w("")
     symbols: dict[str, list[str]] = {}
+    multiples: set[str] = set()  # dims written k*s
     for fname, f in m.functions.items():
         F = f"{P}_{_ident(fname)}"
         ins, outs = _args(m, f.inputs), _args(m, f.outputs)
@@ -134,12 +135,20 @@ def c_header(manifest: Manifest, prefix: str = "polaris", source: str | None = N
                 w(f"#define {A}_IREE_TYPE {_c_string(iree_type(s))}")
                 w(f"#define {A}_ELEMENT_BYTES {IREE_TYPES.get(s.dtype, ('', 0))[1]}")
                 for d in dyn:
-                    symbols.setdefault(d, []).append(f"{fname} {kind.lower()}put {i} ({qual})")
+                    k, sym = _dim_ref(d)
+                    symbols.setdefault(sym, []).append(f"{fname} {kind.lower()}put {i} ({qual}{f', {d}' if k != 1 else ''})")
+                    if k != 1:
+                        multiples.add(d)
         if f.donates:
             w(f"#define {F}_DONATES {_c_string(','.join(f.donates))}")
         w("")
     if symbols:
         w("/* Dynamic dimensions: set at run time from the arrays passed; all uses must agree. */")
+        for d in sorted(multiples):
+            k, sym = _dim_ref(d)
+            w(f"/* {d}: a length of {k} times {sym} (a multiple of {k}: pack the model with every tensor at a "
+              f"multiple of {k} elements). IREE does not check it: a length that is not a multiple of {k}, or "
+              f"arguments of {sym} that disagree, are undefined behaviour; polaris_runtime refuses them. */")
         for sym, uses in symbols.items():
             w(f"#define {P}_DIM_{_ident(sym)} -1  /* {sym}: " + "; ".join(uses[:8])
               + (f"; ... {len(uses) - 8} more" if len(uses) > 8 else "") + " */")

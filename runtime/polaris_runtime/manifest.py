@@ -13,7 +13,8 @@ chain, field ``mu``, parameter ``w``). Signatures::
     step(params..., grads..., state...)   -> (params..., state...)    # params and state donated
 
 A dimension given as a string (``"n"``) is dynamic; every leaf naming the same symbol must have
-the same length at run time.
+the same length at run time. ``"16*b"`` is a dynamic length of 16 times the symbol ``b`` (an
+aligned flat module of any length: its vectors are ``16*b`` long, its segment ids ``b``).
 """
 
 from __future__ import annotations
@@ -171,6 +172,20 @@ class Manifest:
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.raw, indent=indent, sort_keys=False)
+
+
+_DIM_REFS: dict[str, tuple[int, str]] = {}
+
+
+def _dim_ref(want: str) -> tuple[int, str]:
+    """A dynamic dimension of the manifest as (multiple, symbol): ``"n"`` is ``(1, "n")``, and
+    ``"16*b"`` (a length of any multiple of 16: b blocks; "aligned" flat modules of any length)
+    is ``(16, "b")``. ``dims`` binds symbols."""
+    ref = _DIM_REFS.get(want)
+    if ref is None:
+        k, star, sym = want.partition("*")
+        ref = _DIM_REFS[want] = (int(k), sym) if star and k.isdigit() and int(k) >= 1 and sym else (1, want)
+    return ref
 
 
 def _check_segments(d: dict, groups: dict) -> None:

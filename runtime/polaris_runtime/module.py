@@ -38,7 +38,7 @@ from polaris_runtime.errors import (
     ModuleError,
     failed_inside_iree,
 )
-from polaris_runtime.manifest import REFLECTION_KEY, Manifest
+from polaris_runtime.manifest import REFLECTION_KEY, Manifest, _dim_ref
 from polaris_runtime.plan import _CallPlan, _direct_call
 from polaris_runtime.tree import (
     Tree,
@@ -197,7 +197,8 @@ class Module:
         return family if family in VULKAN_65535_FAMILIES else None
 
     def _check_reduction_limit(self, fname: str, dims: dict[str, int]) -> None:
-        n = max(dims.values(), default=0)
+        refs = (_dim_ref(d) for s in self.manifest.params for d in s.shape if isinstance(d, str))
+        n = max((k * dims.get(sym, 0) for k, sym in refs), default=0)  # elements of the flat vector
         if n > VULKAN_DYNAMIC_REDUCTION_LIMIT:
             raise BindingError(
                 f"{fname}(): this flat module reduces over the whole vector "
@@ -409,10 +410,11 @@ def _check_non_decreasing(fname: str, ids: np.ndarray, reduction: str = "tree", 
         )
 
 
-def _block_ids(fname: str, ids: np.ndarray, blocks: int, align: int, packing_align: int | None) -> np.ndarray:
+def _block_ids(fname: str, ids: np.ndarray, blocks: int | None, align: int, packing_align: int | None) -> np.ndarray:
     """An aligned module's segment ids, one per block of ``align`` elements ((blocks, 1)), from
     ids per element (each block holding one id) or per block; ``packing_align``: the align of
-    the Packing they came from, if they did."""
+    the Packing they came from, if they did. ``blocks`` is ``None`` for a module of any length,
+    which takes ids per element only (ids per block would read as those of a smaller model)."""
     fix = f"pack the model with polaris_runtime.pack.pack(params, align={align}) (and its grads with packing.pack)"
     if packing_align is not None and packing_align % align:
         raise BindingError(
@@ -421,7 +423,14 @@ def _block_ids(fname: str, ids: np.ndarray, blocks: int, align: int, packing_ali
             f"has align={packing_align}; {fix}"
         )
     n = ids.shape[0]
-    if n == blocks:
+    if blocks is None:  # a module of any length: ids per element, of a multiple of `align` elements
+        if n % align:
+            raise BindingError(
+                f"{fname}(): segments leaf 'segment_ids' has {n} ids; this module of any length takes "
+                f"one per element of a vector whose length is a multiple of {align}; {fix}"
+            )
+        blocks = n // align
+    elif n == blocks:
         return ids
     if n != blocks * align:
         raise BindingError(
@@ -545,7 +554,10 @@ class Optimizer(Module):
         """Whether a per-tensor sum of this flat module is a scatter (segments.reduction
         "scatter", or centralize's row sums, which always are)."""
         seg = self.manifest.segments or {}
-        return seg.get("reduction", "scatter") == "scatter" or "row_ids" in seg.get("leaves", ())
+        reduction = seg.get("reduction", "scatter")
+        if reduction == "aligned":  # of any length: a scatter over the blocks (the tree needs a size)
+            return bool(self.manifest.params) and not isinstance(self.manifest.params[0].shape[0], int)
+        return reduction == "scatter" or "row_ids" in seg.get("leaves", ())
 
     def _check_workgroup_limit(self, fname: str, n: int) -> None:
         """IREE 3.13 runs a segment sum (a scatter) as one workgroup per element; Vulkan devices
@@ -620,7 +632,8 @@ class Optimizer(Module):
                 )
             lo, hi = bounds[s.name]
             if s.name == "segment_ids" and info.get("reduction") == "aligned":
-                a = _block_ids(fname, a, int(s.shape[0]), int(info["align"]), getattr(segments, "align", None) if trusted else None)
+                blocks = s.shape[0] if isinstance(s.shape[0], int) else None  # None: any length
+                a = _block_ids(fname, a, blocks, int(info["align"]), getattr(segments, "align", None) if trusted else None)
                 if not trusted:
                     _check_non_decreasing(fname, a[:, 0], "aligned", "block")
             if s.name == "segment_ids" and info.get("reduction") == "tree" and not trusted:

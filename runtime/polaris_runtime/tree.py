@@ -13,7 +13,7 @@ import numpy as np
 
 from polaris_runtime import device as dev
 from polaris_runtime.errors import BindingError, ConsumedError
-from polaris_runtime.manifest import LeafSpec
+from polaris_runtime.manifest import LeafSpec, _dim_ref
 
 if TYPE_CHECKING:
     from polaris_runtime.module import Module
@@ -183,8 +183,9 @@ def _np_dtype(name: str):
 
 
 def _group_dims(specs: Sequence[LeafSpec], dims: dict[str, int]) -> tuple:
-    """The dynamic dimensions that ``specs`` use, with their values in ``dims``."""
-    return tuple((d, dims[d]) for d in dict.fromkeys(d for s in specs for d in s.shape if isinstance(d, str)) if d in dims)
+    """The dynamic dimensions (symbols) that ``specs`` use, with their values in ``dims``."""
+    syms = dict.fromkeys(_dim_ref(d)[1] for s in specs for d in s.shape if isinstance(d, str))
+    return tuple((d, dims[d]) for d in syms if d in dims)
 
 
 def _merge_dims(dims: dict[str, int], known: tuple) -> bool:
@@ -203,12 +204,22 @@ def _check_leaf(group: str, spec: LeafSpec, arr: np.ndarray, dims: dict[str, int
         )
     for got, want in zip(shape, spec.shape, strict=True):
         if isinstance(want, str):
-            if want in dims and dims[want] != got:
+            k, sym = _dim_ref(want)
+            if k != 1:
+                if got % k:
+                    raise BindingError(
+                        f"{group} leaf {spec.name!r} has length {got} along dynamic dimension {want!r}, "
+                        f"which must be a multiple of {k} (every tensor starts a block of {k}: pack the "
+                        f"model with polaris_runtime.pack.pack(params, align={k}))"
+                    )
+                got //= k
+            if sym in dims and dims[sym] != got:
                 raise BindingError(
-                    f"{group} leaf {spec.name!r} has length {got} along dynamic dimension {want!r}, "
-                    f"but another leaf of this call set {want}={dims[want]}; all must agree"
+                    f"{group} leaf {spec.name!r} has length {got * k} along dynamic dimension {want!r}, "
+                    f"but another leaf of this call set {sym}={dims[sym]}"
+                    + (f" ({want}={dims[sym] * k})" if k != 1 else "") + "; all must agree"
                 )
-            dims[want] = got
+            dims[sym] = got
         elif got != want:
             raise BindingError(
                 f"{group} leaf {spec.name!r} has shape {shape} but the module expects {spec.shape_str()}"
