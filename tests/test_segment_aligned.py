@@ -322,6 +322,10 @@ def test_cli_compiles_and_inspects_an_aligned_module_of_any_length(tmp_path):
     header = runner.invoke(cli, ["inspect", out, "--c-header"], catch_exceptions=False).output
     assert "16*b: a length of 16 times b" in header and "_DIM_B -1" in header and "_DIM__16" not in header
     pathlib.Path(out).unlink()
+    from test_runtime_nopython import CC, _syntax_check
+
+    if CC is not None:  # the header compiles as C (-Werror -pedantic), tables included
+        _syntax_check(tmp_path, {"lamb_any.h": header}, "int main(void) { return 0; }\n", [d for d in header.split() if d.endswith("DEFINE_TABLES")][:1])
 
 
 def test_cli_compiles_and_inspects_an_aligned_module(tmp_path):
