@@ -72,11 +72,6 @@ def full_sum(x):
     return _two_level(jnp.sum, 0, x)
 
 
-def full_mean(x):
-    """``mean(x)`` over every element (its padded two-level sum divided by the true size)."""
-    return full_sum(x) / jnp.size(x) if _splits(x) else jnp.mean(x)
-
-
 _DOT_REDUCTIONS = contextvars.ContextVar("polaris_dot_reductions", default=True)
 
 
