@@ -41,7 +41,13 @@ def default_output(name: str, options: dict, defaults: dict, layout, dtype: str,
     return "-".join(parts) + ".vmfb"
 
 
-def _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra, max_segments=None, max_rows=None, size=None, asynchronous=False, segment_reduction="auto", whole_vector=False, external_transients=False) -> str | None:
+def _cache_key(
+    name, options, *, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra, max_segments=None,
+    max_rows=None, size=None, asynchronous=False, segment_reduction="auto", whole_vector=False, external_transients=False,
+) -> str | None:
+    """The compile cache's key of one `polaris compile` request (options that change the module;
+    ones left at their defaults are left out, so older keys stay valid), or ``None`` when the
+    layout file cannot be read (the normal path then reports it)."""
     from polaris_compiler import cache
 
     try:
@@ -129,7 +135,12 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
         raise UsageFailure("--whole-vector makes the flat layout's vector one tensor; a --layout file's module knows its tensors: pass one or the other")
     key = None
     if not (no_cache or save_temps) and cache.enabled():
-        key = _cache_key(name, options, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, (*extra, *(f"freeze={f}" for f in freeze)), max_segments, max_rows, size, asynchronous, segment_reduction, whole_vector, external_transients)
+        key = _cache_key(
+            name, options, target=target, layout=layout, dtype=dtype, cpu=cpu, cpu_triple=cpu_triple,
+            cuda_arch=cuda_arch, vulkan_target=vulkan_target, extra=(*extra, *(f"freeze={f}" for f in freeze)),
+            max_segments=max_segments, max_rows=max_rows, size=size, asynchronous=asynchronous,
+            segment_reduction=segment_reduction, whole_vector=whole_vector, external_transients=external_transients,
+        )
         hit = cache.get(key) if key else None
         if hit is not None:
             data, info = hit
