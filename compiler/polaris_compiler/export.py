@@ -84,8 +84,15 @@ _DYNAMIC_RESHAPE = re.compile(
 )
 
 
+# `%r = stablehlo.dynamic_broadcast_in_dim %x, %shape, dims = [..] : (tensor<A>, tensor<Kxi32>) -> tensor<B>...`
+_DYNAMIC_BROADCAST = re.compile(
+    r"^(?P<head>\s*%[\w.#]+ = stablehlo\.dynamic_broadcast_in_dim %[\w.#]+, %[\w.#]+, dims = \[(?P<dims>[\d, ]*)\])"
+    r"(?P<tail> : \(tensor<(?P<a>[^>]*)>, tensor<\d+xi(?:32|64)>\) -> tensor<(?P<b>[^>]*)>.*)$"
+)
+
+
 def legalize_dynamic_reshapes(text: str) -> str:
-    """Rewrites the dynamic reshapes IREE 3.13 cannot legalize into the tensor dialect's.
+    """Rewrites the dynamic reshapes and broadcasts IREE 3.13 cannot legalize.
 
     A flat vector of unknown length seen as blocks, ``(16*b,) <-> (b, 16)`` (the "aligned" segment
     reduction of a module of any length), reaches IREE as ``stablehlo.dynamic_reshape``, which its
@@ -93,11 +100,22 @@ def legalize_dynamic_reshapes(text: str) -> str:
     is the leading one and the reshape splits it into ``(?, k)`` or merges ``(?, k)`` back, the
     same reshape is a ``tensor.expand_shape`` / ``tensor.collapse_shape``, which IREE folds into
     its dispatches (no copy). Other dynamic reshapes are left as they are.
+
+    A ``stablehlo.dynamic_broadcast_in_dim`` of an operand with an unknown dimension (one value
+    per block, ``(b, 1)``, over its 16 elements) is refused too unless it says which operand
+    dimensions expand: JAX broadcasts a dimension of unknown length only onto the same length (a
+    symbolic size is never proven to be 1), so each unknown operand dimension is marked
+    non-expanding and each static 1 mapped onto a longer dimension expanding (only where one
+    does: the others IREE takes as they are).
     """
-    if "stablehlo.dynamic_reshape" not in text:
+    if "stablehlo.dynamic_reshape" not in text and "stablehlo.dynamic_broadcast_in_dim" not in text:
         return text
     out, k = [], 0
     for line in text.split("\n"):
+        b = _DYNAMIC_BROADCAST.match(line) if "known_" not in line else None
+        if b and (known := _broadcast_with_known_dims(b)) is not None:
+            out.append(known)
+            continue
         m = _DYNAMIC_RESHAPE.match(line)
         new = _reshape_as_tensor_op(m, k) if m else None
         if new is None:
@@ -106,6 +124,19 @@ def legalize_dynamic_reshapes(text: str) -> str:
         k += 1
         out.extend(new)
     return "\n".join(out)
+
+
+def _broadcast_with_known_dims(m: re.Match) -> str | None:
+    a, b = m["a"].split("x")[:-1], m["b"].split("x")[:-1]  # the last "x" part: the element type
+    dims = [int(d) for d in m["dims"].split(",") if d.strip()]
+    if "?" not in a or len(dims) != len(a) or any(d >= len(b) for d in dims):
+        return None
+    non = [i for i, d in enumerate(a) if d == "?"]
+    exp = [i for i, d in enumerate(a) if d == "1" and b[dims[i]] != "1"]
+    if not exp:  # nothing expands: IREE legalizes it as it is (left untouched)
+        return None
+    arr = lambda xs: f"array<i64{': ' + ', '.join(map(str, xs)) if xs else ''}>"  # noqa: E731
+    return f"{m['head']} {{known_expanding_dimensions = {arr(exp)}, known_nonexpanding_dimensions = {arr(non)}}}{m['tail']}"
 
 
 def _reshape_as_tensor_op(m: re.Match, k: int) -> list[str] | None:
