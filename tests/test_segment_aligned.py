@@ -287,6 +287,9 @@ def test_any_length_aligned_module_refuses_what_would_not_fit(any_length, big):
         opt.step(flat, flat, state, segments=np.array([0, 0, 1], np.int32))  # ids per block: refused
     p, _ = opt.step(flat, flat, state, segments=packing.segment_ids)  # ids per element: fine
     assert p.numpy().shape == (48,)
+    # update (not donating params) gives the same step: params + updates
+    u, _ = opt.update(flat, opt.init(flat), flat, segments=packing)
+    np.testing.assert_allclose(flat + u.numpy(), p.numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_dynamic_reshapes_and_block_broadcasts_are_legalized_and_others_stay():
