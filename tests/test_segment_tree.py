@@ -64,6 +64,7 @@ def test_tree_sum_equals_float64_sums(lengths):
     _check_tree_sum(lengths, x)
 
 
+@pytest.mark.slow  # a sweep (~12 s): test_tree_sum_equals_float64_sums covers the shapes that matter in every run
 @settings(max_examples=10, deadline=None)  # each example compiles its own shapes: ~1 s
 @given(st.lists(st.integers(0, 300), min_size=1, max_size=12).filter(lambda ls: sum(ls) > 0), st.integers(0, 2**31))
 def test_tree_sum_property(lengths, seed):
