@@ -127,10 +127,7 @@ def compile_optimizer(
         (:func:`choose_segment_reduction`; never "aligned", which needs its own packing).
       record: more top-level manifest fields (e.g. parameter groups: ``polaris_compiler.groups``).
     """
-    params_tree = layout.tree
-    p_leaves, p_def = jax.tree.flatten(params_tree)
-    state_shape = jax.eval_shape(tx.init, params_tree)
-    s_leaves, s_def = jax.tree.flatten(state_shape)
+    p_leaves, p_def, state_shape, s_leaves, s_def = _abstract(tx, layout)
     n_p, n_s = len(p_leaves), len(s_leaves)
 
     def unflat_p(xs):
@@ -143,7 +140,8 @@ def compile_optimizer(
     n_seg = len(seg_names)
     reduction = choose_segment_reduction(segment_reduction, layout, max_segments, options)
     aligned = bool(seg_names) and reduction == "aligned"
-    if aligned and (counted or "row_ids" in seg_names):
+    aligned_ok = not counted and "row_ids" not in seg_names  # sums only: what "aligned" can serve
+    if aligned and not aligned_ok:
         why = (
             "need row_ids (one per element, for centralize), which an aligned flat module does not take"
             if "row_ids" in seg_names else "divide by each tensor's element count (a per-tensor mean), which an "
@@ -158,9 +156,7 @@ def compile_optimizer(
         # any length that is a multiple of 16 (16*b elements: b blocks), so that the module can
         # see its vectors as (b, 16) blocks; the same leaves and state in that symbol
         layout = layout.in_blocks(SEGMENT_ALIGN)
-        p_leaves = jax.tree.leaves(layout.tree)
-        state_shape = jax.eval_shape(tx.init, layout.tree)
-        s_leaves = jax.tree.leaves(state_shape)
+        p_leaves, _, state_shape, s_leaves, _ = _abstract(tx, layout)
     block_sums = _aligned_block_sums(layout, max_segments, options) if aligned else "tree"
     seg_leaves = [_segment_struct(layout, aligned)] * n_seg if seg_names else []
     # "aligned": the transforms see every flat vector as (n / 16, 16) blocks (segments.py)
@@ -251,7 +247,7 @@ def compile_optimizer(
             if aligned:  # one id per block of `align` elements; tensors start at block boundaries
                 manifest["segments"]["align"] = SEGMENT_ALIGN
             # how to sum faster, where a faster form exists (polaris inspect repeats them)
-            seg_notes = segment_notes(options, layout.size, reduction, name, aligned_ok=not counted and "row_ids" not in seg_names)
+            seg_notes = segment_notes(options, layout.size, reduction, name, aligned_ok=aligned_ok)
             if seg_notes:
                 manifest["segments"]["notes"] = seg_notes
         if "row_ids" in seg_names:
@@ -274,6 +270,15 @@ def compile_optimizer(
     art.notes.extend(layout_notes(options, layout.kind, layout.size, layout.flat_dtype))
     art.notes.extend(manifest.get("segments", {}).get("notes", []))
     return art
+
+
+def _abstract(tx, layout: Layout) -> tuple:
+    """``(param leaves, param treedef, state shape, state leaves, state treedef)`` of ``tx`` on
+    ``layout``, as ``jax.ShapeDtypeStruct``."""
+    p_leaves, p_def = jax.tree.flatten(layout.tree)
+    state_shape = jax.eval_shape(tx.init, layout.tree)
+    s_leaves, s_def = jax.tree.flatten(state_shape)
+    return p_leaves, p_def, state_shape, s_leaves, s_def
 
 
 # A module whose update/step take their transient storage from the caller needs a runtime that

@@ -126,8 +126,13 @@ def legalize_dynamic_reshapes(text: str) -> str:
     return "\n".join(out)
 
 
+def _dims(tensor_type: str) -> list[str]:
+    """The dimensions of a ranked tensor type's body (``?x16xf32`` -> ``["?", "16"]``)."""
+    return tensor_type.split("x")[:-1]  # the last "x" part is the element type
+
+
 def _broadcast_with_known_dims(m: re.Match) -> str | None:
-    a, b = m["a"].split("x")[:-1], m["b"].split("x")[:-1]  # the last "x" part: the element type
+    a, b = _dims(m["a"]), _dims(m["b"])
     dims = [int(d) for d in m["dims"].split(",") if d.strip()]
     if "?" not in a or len(dims) != len(a) or any(d >= len(b) for d in dims):
         return None
@@ -140,10 +145,9 @@ def _broadcast_with_known_dims(m: re.Match) -> str | None:
 
 
 def _reshape_as_tensor_op(m: re.Match, k: int) -> list[str] | None:
-    a, b = m["a"].split("x"), m["b"].split("x")
-    if len(a) < 2 or len(b) < 2 or a[-1] != b[-1]:  # the element type is the last "x" part
+    da, db = _dims(m["a"]), _dims(m["b"])
+    if not da or not db or m["a"].rsplit("x", 1)[-1] != m["b"].rsplit("x", 1)[-1]:  # rank >= 1, one element type
         return None
-    (*da, _), (*db, _) = a, b
     ind, res, x, rest = m["ind"], m["res"], m["x"], m["rest"]
     if not (da[0] == db[0] == "?" and "?" not in da[1:] + db[1:]):
         return None

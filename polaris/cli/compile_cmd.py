@@ -218,9 +218,8 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
     except PolarisError as e:
         raise UsageFailure(str(e)) from None
     default = default_output(name, opts, {} if grouped else spec.defaults(), layout, dtype, "+".join(t.value for t in copts.targets) + ("-async" if asynchronous else "") + ("-ext" if external_transients else "") + ("-whole" if whole_vector else "") + ("-aligned" if segment_reduction == "aligned" else ""), size)
-    for note in art.notes:
-        if note.startswith(f"{name}: "):  # the segment notes: known once the module is traced
-            _say(f"note: {note}")
+    for note in art.manifest.get("segments", {}).get("notes", []):  # known once the module is traced
+        _say(f"note: {note}")
     path = art.save(output or default)
     if key:
         cache.put(key, art.vmfb, {"output": default, "optimizer": name, "seconds": art.seconds})

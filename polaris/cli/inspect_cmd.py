@@ -36,6 +36,7 @@ def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) 
       polaris inspect adam.vmfb --c-header > adam_module.h
     """
     import polaris_runtime as pr
+    from polaris_runtime.manifest import dim_ref
 
     if as_json and c_header:
         raise UsageFailure("--json and --c-header are exclusive; pick one")
@@ -58,8 +59,9 @@ def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) 
     layout = m.layout
     if layout == "flat" and m.params and all(isinstance(d, int) for d in m.params[0].shape):
         layout = f"flat, exactly {m.params[0].shape[0]} elements"
-    elif layout == "flat" and m.params and isinstance(m.params[0].shape[0], str) and "*" in m.params[0].shape[0]:
-        layout = f"flat, any multiple of {m.params[0].shape[0].partition('*')[0]} elements"
+    elif layout == "flat" and m.params and isinstance(m.params[0].shape[0], str):
+        multiple = dim_ref(m.params[0].shape[0])[0]  # "16*b": an aligned module of any length
+        layout = f"flat, any multiple of {multiple} elements" if multiple > 1 else layout
     click.echo(f"  {m.kind}: {m.name}  (schema v{m.schema_version}, layout {layout})")
     if m.options:
         click.echo("  options: " + ", ".join(f"{k}={v}" for k, v in m.options.items()))

@@ -17,7 +17,7 @@ import json
 import math
 import re
 
-from polaris_runtime.manifest import LeafSpec, Manifest, _dim_ref
+from polaris_runtime.manifest import LeafSpec, Manifest, dim_ref
 
 # numpy dtype name -> (IREE element type as written by iree-run-module, bytes per element)
 IREE_TYPES = {
@@ -135,7 +135,7 @@ def c_header(manifest: Manifest, prefix: str = "polaris", source: str | None = N
                 w(f"#define {A}_IREE_TYPE {_c_string(iree_type(s))}")
                 w(f"#define {A}_ELEMENT_BYTES {IREE_TYPES.get(s.dtype, ('', 0))[1]}")
                 for d in dyn:
-                    k, sym = _dim_ref(d)
+                    k, sym = dim_ref(d)
                     symbols.setdefault(sym, []).append(f"{fname} {kind.lower()}put {i} ({qual}{f', {d}' if k != 1 else ''})")
                     if k != 1:
                         multiples.add(d)
@@ -145,7 +145,7 @@ def c_header(manifest: Manifest, prefix: str = "polaris", source: str | None = N
     if symbols:
         w("/* Dynamic dimensions: set at run time from the arrays passed; all uses must agree. */")
         for d in sorted(multiples):
-            k, sym = _dim_ref(d)
+            k, sym = dim_ref(d)
             w(f"/* {d}: a length of {k} times {sym} (a multiple of {k}: pack the model with every tensor at a "
               f"multiple of {k} elements). IREE does not check it: a length that is not a multiple of {k}, or "
               f"arguments of {sym} that disagree, are undefined behaviour; polaris_runtime refuses them. */")

@@ -177,7 +177,7 @@ class Manifest:
 _DIM_REFS: dict[str, tuple[int, str]] = {}
 
 
-def _dim_ref(want: str) -> tuple[int, str]:
+def dim_ref(want: str) -> tuple[int, str]:
     """A dynamic dimension of the manifest as (multiple, symbol): ``"n"`` is ``(1, "n")``, and
     ``"16*b"`` (a length of any multiple of 16: b blocks; "aligned" flat modules of any length)
     is ``(16, "b")``. ``dims`` binds symbols."""

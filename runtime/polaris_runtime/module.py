@@ -38,7 +38,7 @@ from polaris_runtime.errors import (
     ModuleError,
     failed_inside_iree,
 )
-from polaris_runtime.manifest import REFLECTION_KEY, Manifest, _dim_ref
+from polaris_runtime.manifest import REFLECTION_KEY, Manifest, dim_ref
 from polaris_runtime.plan import _CallPlan, _direct_call
 from polaris_runtime.tree import (
     Tree,
@@ -197,7 +197,7 @@ class Module:
         return family if family in VULKAN_65535_FAMILIES else None
 
     def _check_reduction_limit(self, fname: str, dims: dict[str, int]) -> None:
-        refs = (_dim_ref(d) for s in self.manifest.params for d in s.shape if isinstance(d, str))
+        refs = (dim_ref(d) for s in self.manifest.params for d in s.shape if isinstance(d, str))
         n = max((k * dims.get(sym, 0) for k, sym in refs), default=0)  # elements of the flat vector
         if n > VULKAN_DYNAMIC_REDUCTION_LIMIT:
             raise BindingError(

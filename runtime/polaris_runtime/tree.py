@@ -13,7 +13,7 @@ import numpy as np
 
 from polaris_runtime import device as dev
 from polaris_runtime.errors import BindingError, ConsumedError
-from polaris_runtime.manifest import LeafSpec, _dim_ref
+from polaris_runtime.manifest import LeafSpec, dim_ref
 
 if TYPE_CHECKING:
     from polaris_runtime.module import Module
@@ -184,7 +184,7 @@ def _np_dtype(name: str):
 
 def _group_dims(specs: Sequence[LeafSpec], dims: dict[str, int]) -> tuple:
     """The dynamic dimensions (symbols) that ``specs`` use, with their values in ``dims``."""
-    syms = dict.fromkeys(_dim_ref(d)[1] for s in specs for d in s.shape if isinstance(d, str))
+    syms = dict.fromkeys(dim_ref(d)[1] for s in specs for d in s.shape if isinstance(d, str))
     return tuple((d, dims[d]) for d in syms if d in dims)
 
 
@@ -204,7 +204,7 @@ def _check_leaf(group: str, spec: LeafSpec, arr: np.ndarray, dims: dict[str, int
         )
     for got, want in zip(shape, spec.shape, strict=True):
         if isinstance(want, str):
-            k, sym = _dim_ref(want)
+            k, sym = dim_ref(want)
             if k != 1:
                 if got % k:
                     raise BindingError(
