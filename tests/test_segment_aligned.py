@@ -25,6 +25,7 @@ from polaris._src.segments import SEGMENT_ALIGN, flat_segments
 from polaris_compiler import CompileOptions, Layout, LayoutError, Target, compile_optimizer
 from polaris_compiler.compile import TREE_MIN_ELEMENTS_PER_SEGMENT, _aligned_block_sums, choose_segment_reduction
 from polaris_runtime.manifest import Manifest
+from polaris_runtime.device import upload
 from polaris_runtime.pack import Packing, pack
 
 from test_flat_segments import CASES, MODEL_A, eager_tree_run, random_tree
@@ -290,6 +291,54 @@ def test_any_length_aligned_module_refuses_what_would_not_fit(any_length, big):
     # update (not donating params) gives the same step: params + updates
     u, _ = opt.update(flat, opt.init(flat), flat, segments=packing)
     np.testing.assert_allclose(flat + u.numpy(), p.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_any_length_aligned_step_writes_in_place_and_takes_the_fast_path(any_length):
+    """The step's length comes from the segment ids' size (``b``), not from ``16*b // 16``
+    computed on the device: IREE then writes params and state into their own buffers (no copy,
+    no device round trip per call) and the runtime's steady state serves the loop."""
+    opt = pr.load(any_length.vmfb, device="local-sync")
+    rng = np.random.default_rng(5)
+    flat, packing = pack(random_tree(rng, MODEL_A), align=A)
+    seg, grads = opt.upload_segments(packing), [upload(opt.device, flat)]
+    p, s = opt.step(flat, grads, opt.init(flat), segments=seg)
+    p, s = opt.step(p, grads, s, segments=seg)  # the plan's first call learns the aliasing
+    views = [*p._pristine_views(), *s._pristine_views()]
+    for _ in range(3):
+        p, s = opt.step(p, grads, s, segments=seg)
+    plan = opt._plans["step"]
+    assert plan.aliased is True and plan.fast is not None
+    after = [*p._pristine_views(), *s._pristine_views()]
+    assert [v.get_buffer().ref for v in after] == [v.get_buffer().ref for v in views]
+
+
+def test_dimension_variables_are_read_from_an_argument_that_has_them_as_a_size():
+    """JAX solves ``b`` from the first argument that mentions it: ``16*b`` gives a ``divmod``
+    IREE runs on the device. The rewrite passes the size of an argument of exactly ``b``
+    instead, and leaves modules without one (``init``) and without variables as they were."""
+    import jax.numpy as jnp
+
+    from polaris_compiler.export import dimension_variables_from_sizes
+
+    (b,) = jax.export.symbolic_shape("b")
+    vec = jax.ShapeDtypeStruct((16 * b,), jnp.float32)
+    ids = jax.ShapeDtypeStruct((b, 1), jnp.int32)
+
+    def raw(fn, *args):
+        return jax.export.export(jax.jit(fn), platforms=["cpu"])(*args)
+
+    both = raw(lambda x, i: x.reshape(-1, 16) * i, vec, ids)
+    text = both.mlir_module()
+    assert "call @_wrapped_jax_export_main(%" in text and "@divmod" in text
+    new = dimension_variables_from_sizes(text, both.in_avals)
+    size = next(line.split(" = ")[0].strip() for line in new.split("\n") if "get_dimension_size %arg1, dim = 0" in line)
+    call = next(line for line in new.split("\n") if "call @_wrapped_jax_export_main(" in line)
+    assert f"call @_wrapped_jax_export_main({size}, %arg0, %arg1)" in call
+    assert new.replace(call, "") == text.replace(next(ln for ln in text.split("\n") if "call @_wrapped_jax_export_main(" in ln), "")
+    alone = raw(lambda x: x * 2, vec)  # init's case: nothing of size b, left as JAX wrote it
+    assert dimension_variables_from_sizes(alone.mlir_module(), alone.in_avals) == alone.mlir_module()
+    fixed = raw(lambda x: x * 2, jax.ShapeDtypeStruct((32,), jnp.float32))
+    assert dimension_variables_from_sizes(fixed.mlir_module(), fixed.in_avals) == fixed.mlir_module()
 
 
 def test_dynamic_reshapes_and_block_broadcasts_are_legalized_and_others_stay():

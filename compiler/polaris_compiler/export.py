@@ -28,7 +28,50 @@ def export_text(
     """
     jitted = jax.jit(fn, donate_argnums=tuple(donate), keep_unused=True)
     exported = jax.export.export(jitted, platforms=[EXPORT_PLATFORM])(*args)
-    return exported.mlir_module()
+    return dimension_variables_from_sizes(exported.mlir_module(), exported.in_avals)
+
+
+# the dimension variables the exported ``main`` passes its body, in order:
+# `func.func private @_wrapped_jax_export_main(%arg0: tensor<i32> {jax.global_constant = "b"}, ...`
+_WRAPPED_SIGNATURE = re.compile(r"^\s*func\.func private @_wrapped_jax_export_main\((?P<args>.*)$", re.M)
+_DIMENSION_VARIABLE = re.compile(r'%arg\d+: tensor<(?P<t>i32|i64)> \{jax\.global_constant = "(?P<name>\w+)"\}')
+_WRAPPED_CALL = re.compile(r"(?P<head>= call @_wrapped_jax_export_main\()(?P<ops>[^)]*)\)")
+
+
+def dimension_variables_from_sizes(text: str, in_avals: Sequence) -> str:
+    """``text`` with each dimension variable read directly from an argument that has it as a size.
+
+    JAX's exported ``main`` computes its dimension variables from the arguments' sizes, using the
+    first argument that mentions each one: a vector of ``16*b`` elements gives ``b = size // 16``
+    (with its sign-correct ``divmod``). IREE 3.13 runs that integer arithmetic on ``tensor<i32>``
+    as a dispatch and reads its result back to the host before the step can size its buffers (a
+    device round trip per call), and the sizes it derives from it are not provably those of the
+    arguments, so IREE copies each result it should write in place into a fresh buffer. Where
+    another argument has the variable itself as a size (the per-block segment ids, ``(b, 1)``),
+    that size (``stablehlo.get_dimension_size``, which IREE reads from the buffer view) is
+    passed instead: the same value for every call that passes the shape checks, which the
+    runtime does (IREE drops JAX's shape assertions). Variables no argument has as a plain size
+    are left as JAX computes them.
+    """
+    sig = _WRAPPED_SIGNATURE.search(text)
+    if sig is None:
+        return text
+    names = [(m["name"], m["t"]) for m in _DIMENSION_VARIABLE.finditer(sig["args"])]
+    main_at = text.find("func.func public @main(")
+    call = _WRAPPED_CALL.search(text, main_at) if names and main_at >= 0 else None
+    if call is None:
+        return text
+    ops = [o.strip() for o in call["ops"].split(",")]
+    body = text[main_at : call.start()]
+    for k, (name, t) in enumerate(names):
+        where = [(i, d) for i, a in enumerate(in_avals) for d, n in enumerate(a.shape) if not isinstance(n, int) and str(n) == name]
+        for i, d in where:
+            size = re.search(rf"^\s*(%[\w.]+) = stablehlo\.get_dimension_size %arg{i}, dim = {d} : \(.*\) -> tensor<{t}>", body, re.M)
+            if size is not None:
+                ops[k] = size[1]
+                break
+    new_call = f"{call['head']}{', '.join(ops)})"
+    return text[: call.start()] + new_call + text[call.end() :]
 
 
 def merge_modules(
