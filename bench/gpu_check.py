@@ -5,7 +5,9 @@ The GPU host has the IREE runtime but no compiler, so the modules are built here
     python bench/gpu_check.py build out/gpu-check                      # here: needs the compiler
     python bench/gpu_check.py run out/gpu-check --out OUT              # there: runtime + numpy only
 
-``build`` compiles flat adam, adamw, sgd (momentum, Nesterov), lion and lamb, each as one module
+``build`` compiles flat adam, adamw, sgd (momentum, Nesterov), lion and lamb (per-element and
+``--segment-reduction aligned`` sums; the aligned case rounds n up to three whole tensors of
+blocks of 16), each as one module
 for ``llvm-cpu`` (portable x86-64 variants), ``cuda`` (sm_80 PTX, which Hopper JIT-compiles) and
 ``vulkan`` (``--vulkan-target``, default ``ampere`` for NVIDIA). ``run`` steps each module on
 ``local-task`` (the reference), ``cuda`` and ``vulkan`` at each size, every case in its own
@@ -41,6 +43,9 @@ CASES = {
     "sgd_nesterov": ("sgd", {"learning_rate": 1e-2, "momentum": 0.9, "nesterov": True}),
     "lion": ("lion", {"learning_rate": 1e-3}),
     "lamb": ("lamb", {"learning_rate": 1e-2}),
+    # any length that is a multiple of 16, per-tensor sums over blocks (docs/flat-modules.md);
+    # last, so that a session out of time loses it first
+    "lamb_aligned": ("lamb", {"learning_rate": 1e-2}, {"segment_reduction": "aligned"}),
 }
 
 
@@ -51,9 +56,11 @@ def build(folder: pathlib.Path, vulkan_target: str, cuda_arch: str) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     opts = CompileOptions(cpu="portable", extra_targets=(Target.CUDA, Target.VULKAN), vulkan_target=vulkan_target, cuda_arch=cuda_arch)
     index = {"vulkan_target": vulkan_target, "cuda_arch": cuda_arch, "modules": {}}
-    for key, (name, options) in CASES.items():
+    for key, (name, options, *how) in CASES.items():
         spec = registry.get(name)
-        art = compile_optimizer(spec.build(**options), Layout.flat(), opts, name=name, optimizer_options={**spec.defaults(), **options})
+        art = compile_optimizer(
+            spec.build(**options), Layout.flat(), opts, name=name, optimizer_options={**spec.defaults(), **options}, **(how[0] if how else {})
+        )
         art.save(folder / f"{key}.vmfb")
         index["modules"][key] = {"file": f"{key}.vmfb", "flags": art.flags, "notes": art.notes}
         print(f"  {key}.vmfb {len(art.vmfb) / 1024:.0f} KiB", flush=True)
@@ -67,12 +74,16 @@ def _one(path: str, driver: str, n: int, steps: int, out: str) -> None:
     import polaris_runtime as pr
 
     opt = pr.load(path, device=driver)
+    seg, third = None, max(1, n // 3)
+    align = (opt.manifest.segments or {}).get("align", 1) if opt.takes_segments else 1
+    if align > 1:  # three tensors, each a whole number of blocks (pack(params, align=16))
+        third = -(-third // align) * align
+        n = 3 * third
     rng = np.random.default_rng(n)
     p = rng.standard_normal(n, dtype=np.float32)
     g = rng.standard_normal(n, dtype=np.float32)
-    seg = None
     if opt.takes_segments:  # three tensors
-        seg = opt.upload_segments(np.minimum(np.arange(n) // max(1, n // 3), 2).astype(np.int32))
+        seg = opt.upload_segments(np.minimum(np.arange(n) // third, 2).astype(np.int32))
     s = opt.init(p)
     p, s = opt.step(p, g, s, segments=seg)  # first step: upload and checks
     p.numpy()
