@@ -51,6 +51,10 @@ def test_explain_names_what_changed():
     text = catalog.explain(old, new)
     assert "b1 0.9 -> 0.95" in text and "iree_compiler '3.13.0' -> '3.14.0'" in text
     assert "different code" in catalog.explain(old, old)
+    notes = {"segments": {"reduction": "scatter", "notes": ["2-4.7x"]}, "layout": "flat"}
+    reworded = {"segments": {"reduction": "scatter", "notes": ["3-5x"]}, "layout": "flat"}
+    assert catalog.explain(old, old, notes, reworded) == "the embedded manifest differs in 'segments'"
+    assert "different code" in catalog.explain(old, old, notes, dict(notes))
 
 
 X86 = sorted(n for n, e in ENTRIES.items() if e["platform"] == "x86_64")

@@ -101,8 +101,9 @@ def load_index(d: pathlib.Path = DEFAULT_DIR) -> dict:
     return json.loads((d / "index.json").read_text())
 
 
-def explain(old: dict, new: dict) -> str:
-    """Why a rebuilt entry differs from the committed one."""
+def explain(old: dict, new: dict, old_manifest: dict | None = None, new_manifest: dict | None = None) -> str:
+    """Why a rebuilt entry differs from the committed one: its index fields, else the manifests
+    embedded in the two modules (a note's wording, a hyperparameter record), else the code."""
     diffs = []
     for key in ("options", "target", "schema_version", "versions"):
         if old.get(key) != new.get(key):
@@ -113,9 +114,21 @@ def explain(old: dict, new: dict) -> str:
                 )
             else:
                 diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    if not diffs and old_manifest is not None and new_manifest is not None and old_manifest != new_manifest:
+        keys = sorted(k for k in set(old_manifest) | set(new_manifest) if old_manifest.get(k) != new_manifest.get(k))
+        diffs.append(f"the embedded manifest differs in {', '.join(map(repr, keys))}")
     if not diffs:
         diffs.append("same manifest, different code: the frontend's math or the compiler's output changed")
     return "; ".join(diffs)
+
+
+def _manifest(path: pathlib.Path) -> dict | None:
+    from polaris_runtime.module import inspect_module
+
+    try:
+        return inspect_module(path).raw
+    except Exception:  # noqa: BLE001 - a module the runtime cannot read says so elsewhere
+        return None
 
 
 def check(committed: pathlib.Path = DEFAULT_DIR, log=print) -> list[str]:
@@ -124,7 +137,9 @@ def check(committed: pathlib.Path = DEFAULT_DIR, log=print) -> list[str]:
     problems = []
     with tempfile.TemporaryDirectory() as tmp:
         new_index = build(pathlib.Path(tmp), log=lambda *_: None)
-    new = {e["file"]: e for e in new_index["entries"]}
+        new = {e["file"]: e for e in new_index["entries"]}
+        rebuilt = {name: _manifest(pathlib.Path(tmp) / name) for name, e in new.items()
+                   if name in old and e["sha256"] != old[name]["sha256"]}
     for name in sorted(set(old) | set(new)):
         if name not in new:
             problems.append(f"{name}: in the committed index but no longer built")
@@ -135,7 +150,8 @@ def check(committed: pathlib.Path = DEFAULT_DIR, log=print) -> list[str]:
         elif hashlib.sha256((committed / name).read_bytes()).hexdigest() != old[name]["sha256"]:
             problems.append(f"{name}: the committed file does not match its index sha256")
         elif old[name]["sha256"] != new[name]["sha256"]:
-            problems.append(f"{name}: rebuild differs ({explain(old[name], new[name])})")
+            why = explain(old[name], new[name], _manifest(committed / name), rebuilt.get(name))
+            problems.append(f"{name}: rebuild differs ({why})")
     for p in problems:
         log(p)
     return problems
