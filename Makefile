@@ -5,6 +5,10 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# pytest workers (pytest-xdist, one test file per worker at a time): one per core, at most 4;
+# 0 (in-process) on a one-core machine. `make test WORKERS=0` runs everything in one process.
+WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); if [ $$n -gt 4 ]; then n=4; elif [ $$n -lt 2 ]; then n=0; fi; echo $$n)
+XDIST   := -n $(WORKERS) --dist loadfile
 
 .PHONY: all setup test test-all demo bench artifacts gpu-modules clean
 
@@ -19,11 +23,11 @@ setup: $(STAMP)
 
 ## make test: the test suite (slow sweeps excluded; they run in `make bench`)
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q $(XDIST)
 
 ## make test-all: everything, slow sweeps included
 test-all: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 ## make demo: compile adam and a small MLP's loss/gradient, then train with the runtime alone
 demo: $(STAMP)
