@@ -43,3 +43,19 @@ def test_the_gpu_scripts_dry_run_on_the_cpu(tmp_path):
     assert [c.get("module") for c in res["checks"]] == ["async", "async, no transient"]
     assert all(c["pass"] for c in res["checks"]), res["checks"]  # the same numbers as the sync module
     assert {r[1] for r in res["rows"]} >= {"bare async", "bare async, no transient", "polaris async, no transient", "polaris fixed"}
+
+
+@pytest.mark.slow
+def test_the_gpu_check_dry_runs_on_the_cpu_and_writes_every_row(tmp_path):
+    """bench/gpu_check.py builds every case (CPU, CUDA and Vulkan code in one module each) and
+    checks them on two CPU drivers; a case above its size cap is skipped, not run."""
+    mods, out = tmp_path / "check", tmp_path / "out"
+    _run(BENCH / "gpu_check.py", "build", mods, "--vulkan-target", "llvmpipe")
+    index = json.loads((mods / "index.json").read_text())
+    assert list(index["modules"]) == ["adam", "adamw", "sgd_nesterov", "lion", "lamb", "lamb_aligned"]
+    _run(BENCH / "gpu_check.py", "run", mods, "--out", out, "--drivers", "local-sync,local-task", "--sizes", "1000,20000000", "--steps", "3")
+    rows = json.loads((out / "gpu-check.json").read_text())["rows"]
+    status = {(r["module"], r["n"], r["driver"]): r["status"] for r in rows}
+    assert len(status) == 6 * 2 * 2
+    assert status["lamb", 20000000, "local-task"].startswith("skipped (n > 1e+07")
+    assert all(s == "pass" for (m, n, d), s in status.items() if d == "local-task" and (m, n) != ("lamb", 20000000)), status
