@@ -312,6 +312,19 @@ def test_any_length_aligned_step_writes_in_place_and_takes_the_fast_path(any_len
     assert [v.get_buffer().ref for v in after] == [v.get_buffer().ref for v in views]
 
 
+def test_any_length_aligned_step_and_update_wait_for_the_device_once(any_length):
+    """With ``b`` from JAX's ``divmod`` of the params' size, IREE computed it on the device and
+    read it back mid-step (two fence waits a step, a copy of the params): one wait now, like
+    every other flat module (test_compiler's test_step_waits_for_the_device_once)."""
+    from test_compiler import _vm_function
+
+    for fn in ("step", "update"):
+        code = _vm_function(any_length, fn)
+        assert code.count("@hal.fence.await") == 1, fn
+        assert code.count("@hal.device.queue.execute") == 1, fn
+        assert "@hal.device.queue.copy" not in code and "@hal.command_buffer.copy_buffer" not in code, fn
+
+
 def test_dimension_variables_are_read_from_an_argument_that_has_them_as_a_size():
     """JAX solves ``b`` from the first argument that mentions it: ``16*b`` gives a ``divmod``
     IREE runs on the device. The rewrite passes the size of an argument of exactly ``b``
