@@ -19,7 +19,9 @@ Peers, each timed with its state and parameters resident where it computes:
 * ``iree-bare``: the same ``.vmfb``'s ``step`` called through IREE's own ``FunctionInvoker`` on the
   same device, with no polaris binding or validation (what the runtime adds is the difference);
 * ``optax``: ``jax.jit`` of the Optax twin, parameters and state donated;
-* ``numpy``: an in-place NumPy step (``out=`` ufuncs, chunked; ``bench/_numpy_peer.py``).
+* ``numpy``: an in-place NumPy step (``out=`` ufuncs, chunked; ``bench/_numpy_peer.py``);
+* ``ort``: ONNX Runtime's on-device training, its AdamW optimizer step (adam: weight decay 0;
+  adamw), where ``onnxruntime-training`` is installed (optional, ~300 MB: ``bench/_ort_peer.py``).
 
 Each step is timed in blocks of N steps followed by one device sync (IREE: a scalar of the last
 state read back; JAX: ``block_until_ready``), median over repeats; peers are sampled round-robin
@@ -62,11 +64,14 @@ if __name__ == "__main__" and any(k in os.environ for k in _OB) and "--keep-open
 import numpy as np  # noqa: E402
 
 import _common as C  # noqa: E402
+import _ort_peer as _ort  # noqa: E402
 from _numpy_peer import NumpyStep  # noqa: E402
+from _ort_peer import OPTIMIZERS as ORT_OPTIMIZERS  # noqa: E402
+from _ort_peer import ort_peer  # noqa: E402
 from polaris_runtime import device as pr_device  # noqa: E402
 
 CACHE = C.REPO / ".cache" / "bench"
-PEERS = ("polaris", "polaris-fixed", "polaris-whole", "polaris-aligned", "polaris-aligned-any", "polaris-async", "iree-bare", "optax", "numpy")
+PEERS = ("polaris", "polaris-fixed", "polaris-whole", "polaris-aligned", "polaris-aligned-any", "polaris-async", "iree-bare", "optax", "numpy", "ort")
 # optimizers whose flat module reduces per tensor (takes segments): their one-tensor rows also
 # time the module built for one tensor (`polaris compile NAME --size N --whole-vector`)
 PER_TENSOR = ("lamb",)
@@ -283,6 +288,11 @@ def run_suite(args) -> dict:
     rng = np.random.default_rng(0)
     t_start = time.perf_counter()
     driver = args.driver or pr_device.default_cpu_driver()  # the runtime's own default
+    ort_here = "ort" in args.peers and _ort.available() is None
+    if "ort" in args.peers:
+        vers = ", ".join(f"{k} {v}" for k, v in C.versions(*_ort.VERSIONS).items() if k != "python")
+        info["ort"] = _ort.available() or f"{vers}; AdamW optimizer step alone, CPU execution provider, default threads"
+        C.say(f"  {info['ort']}")
 
     for opt in args.optimizers:
         flat = compiled_module(opt, "flat", None)
@@ -303,6 +313,7 @@ def run_suite(args) -> dict:
                 "iree-bare": lambda: bare_peer(flat, [p], [g], driver),
                 "optax": lambda: optax_peer(opt, p, g),
                 "numpy": lambda: numpy_peer(opt, [p], [g]),
+                **({"ort": lambda: ort_peer(opt, [p])} if ort_here and opt in ORT_OPTIMIZERS else {}),
             }
             make = {k: v for k, v in make.items() if k in args.peers}
             measure_group(opt, C.fmt_size(n), "flat", n, make, reps, args.warmup, args.target_s, results, floor)
@@ -326,6 +337,7 @@ def run_suite(args) -> dict:
                 "iree-bare": lambda: bare_peer(tree_mod, p_leaves, g_leaves, driver),
                 "optax": lambda: optax_peer(opt, host_p, host_g),
                 "numpy": lambda: numpy_peer(opt, p_leaves, g_leaves),
+                **({"ort": lambda: ort_peer(opt, p_leaves)} if ort_here and opt in ORT_OPTIMIZERS else {}),
             }
             make = {k: v for k, v in make.items() if k in args.peers}
             measure_group(opt, f"{label} tree", "tree", total, make, reps, args.warmup, args.target_s, results, floor)
@@ -403,6 +415,7 @@ def markdown(data: dict) -> str:
         f"- copy bandwidth (np.copyto of {bw['bytes'] // 2**20} MB, read+write counted): "
         + ", ".join(f"{k.replace('_gbs', '').replace('threads_', '')} thread(s) {val:.1f} GB/s" for k, val in bw.items() if k.startswith("threads"))
         + f"; floor = bytes / {bw['floor_gbs']:.1f} GB/s",
+        *([f"- ONNX Runtime peer (`ort`): {info['ort']}"] if "ort" in info else []),
         f"- load average at start {m['loadavg_at_start']}, at end {m.get('loadavg_at_end', '-')} (a shared machine: peers are sampled round-robin)",
         f"- run: {info['started']} .. {info['finished']} ({info['seconds']} s); command: `python bench/run.py{' --quick' if info['args']['quick'] else ''}`",
         "- bytes per parameter: " + "; ".join(f"{k} {C.BYTES_PER_PARAM[k]} B ({C.BYTES_NOTE[k]})" for k in C.OPTIMIZERS),
@@ -437,7 +450,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
     results = [r for r in data["results"] if "step_s" in r]
     opts = list(dict.fromkeys(r["optimizer"] for r in results))
     floor = data["info"]["copy_bandwidth"]["floor_gbs"]
-    colors = {"polaris": "C0", "polaris-fixed": "C4", "polaris-whole": "C5", "polaris-aligned": "C6", "polaris-aligned-any": "C7", "polaris-async": "C3", "iree-bare": "C9", "optax": "C1", "numpy": "C2"}
+    colors = {"polaris": "C0", "polaris-fixed": "C4", "polaris-whole": "C5", "polaris-aligned": "C6", "polaris-aligned-any": "C7", "polaris-async": "C3", "iree-bare": "C9", "optax": "C1", "numpy": "C2", "ort": "C8"}
     many = [r for r in results if "gpt2" in r["layout"]]
     ncols = len(opts) + (1 if many else 0)
     fig, axes = plt.subplots(1, ncols, figsize=(3.4 * ncols, 3.6), squeeze=False)
