@@ -91,13 +91,13 @@ def ort_peer(opt: str, params: list[np.ndarray]) -> C.Timer:
     logging.getLogger().setLevel(logging.WARNING)  # generate_artifacts logs every graph pass at INFO
     onnxruntime.set_default_logger_severity(3)
     model, names = _model(params)
-    folder = tempfile.mkdtemp(prefix="ort-peer-")
     adamw = onnxblock.optim.AdamW(betas=(0.9, 0.999), eps=1e-8, weight_decay=OPTIMIZERS[opt])
-    artifacts.generate_artifacts(
-        model, requires_grad=names, frozen_params=[], loss=artifacts.LossType.MSELoss,
-        optimizer=adamw, artifact_directory=folder,
-    )
-    session = _Session(api, folder)
+    with tempfile.TemporaryDirectory(prefix="ort-peer-") as folder:  # read whole by the session
+        artifacts.generate_artifacts(
+            model, requires_grad=names, frozen_params=[], loss=artifacts.LossType.MSELoss,
+            optimizer=adamw, artifact_directory=folder,
+        )
+        session = _Session(api, folder)
     return C.Timer(session.step, lambda: None)  # the CPU provider returns when the step is done
 
 
