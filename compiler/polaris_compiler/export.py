@@ -4,6 +4,11 @@
 (``main`` -> the entry point's name, private helpers prefixed) and moves the functions into one
 module with the MLIR Python bindings shipped in iree-base-compiler. Donation attributes
 (``tf.aliasing_output``) survive, and IREE turns them into in-place outputs.
+
+:func:`export_text` also rewrites, in one place, what JAX writes that IREE 3.13 compiles badly
+or not at all: dimension variables computed on the device
+(:func:`dimension_variables_from_sizes`) and dynamic reshapes and broadcasts it cannot legalize
+(:func:`legalize_dynamic_reshapes`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ def export_text(
     """
     jitted = jax.jit(fn, donate_argnums=tuple(donate), keep_unused=True)
     exported = jax.export.export(jitted, platforms=[EXPORT_PLATFORM])(*args)
-    return dimension_variables_from_sizes(exported.mlir_module(), exported.in_avals)
+    return legalize_dynamic_reshapes(dimension_variables_from_sizes(exported.mlir_module(), exported.in_avals))
 
 
 # the dimension variables the exported ``main`` passes its body, in order:
@@ -96,7 +101,7 @@ def merge_modules(
         out = ir.Module.create()
         out.operation.attributes["sym_name"] = ir.StringAttr.get(name)
         for entry, text in parts.items():
-            m = ir.Module.parse(legalize_dynamic_reshapes(text))
+            m = ir.Module.parse(text)
             ops = list(m.body.operations)
             for op in ops:
                 if "sym_name" not in op.attributes:
