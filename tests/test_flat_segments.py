@@ -303,6 +303,41 @@ def test_helpers_reduce_per_leaf_outside_and_per_segment_inside():
         tu.per_tensor_norm(x)
 
 
+@pytest.mark.parametrize("reduction", ["scatter", "tree", "aligned"])
+def test_several_sums_equal_one_sum_each(reduction):
+    rng = np.random.default_rng(11)
+    ids = np.repeat(np.arange(5, dtype=np.int32), [16, 48, 0, 32, 64])  # sorted, one empty segment
+    if reduction == "scatter":  # any order, and -1 (dropped)
+        ids = rng.permutation(ids)
+        ids[:3] = -1
+    xs = [rng.standard_normal(ids.shape[0]).astype(np.float32) for _ in range(3)]
+    if reduction == "aligned":
+        xs, ids = [x.reshape(-1, 16) for x in xs], ids[::16]
+    with flat_segments(ids, 8, reduction=reduction, block_sums="scatter") as ctx:
+        together = ctx.sums_of(xs)
+        apart = [ctx.sums(x) for x in xs]
+    flat_ids = np.repeat(ids, 16) if reduction == "aligned" else ids
+    for x, a, b in zip(xs, together, apart, strict=True):
+        want = np.bincount(flat_ids[flat_ids >= 0], x.reshape(-1)[flat_ids >= 0], minlength=8)
+        np.testing.assert_allclose(np.asarray(a), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_lamb_of_any_length_scatters_once_per_step():
+    """The trust ratio's two norms share one scatter over the elements (``sums_of``): IREE runs
+    a scatter one index at a time, so a second one would cost a second pass of them all."""
+    tx = CASES["lamb"]()
+    n = jax.export.symbolic_shape("n")[0]
+    vec, ids = jax.ShapeDtypeStruct((n,), jnp.float32), jax.ShapeDtypeStruct((n, 1), jnp.int32)
+
+    def update(g, p, seg):
+        with flat_segments(seg, 4096):
+            return tx.update(g, tx.init(p), p)[0]
+
+    text = jax.export.export(jax.jit(update))(vec, vec, ids).mlir_module()
+    assert text.count("\"stablehlo.scatter\"(") == 1, text.count("\"stablehlo.scatter\"(")
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_eager_flat_with_segments_matches_tree(case):
     tx = CASES[case]()

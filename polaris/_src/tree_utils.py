@@ -288,7 +288,7 @@ def per_tensor_of_sum_sq(f, xs, what: str = "a per-tensor reduction"):
     if ctx is None:
         return f(*[sum_of_squares(x) for x in xs])
     sq = [jnp.square(jnp.asarray(x).astype(STATE_DTYPE)) for x in xs]
-    return ctx.broadcast(f(*[ctx.sums(s, what) for s in sq]))
+    return ctx.broadcast(f(*ctx.sums_of(sq, what)))
 
 
 def per_tensor_safe_rms(x, min_rms, what: str = "a per-tensor reduction"):
