@@ -103,18 +103,24 @@ class FlatSegments:
         """:meth:`sums` of several flat leaves (per segment). With the ``"scatter"`` reduction the
         leaves go through one scatter of ``len(xs)`` columns instead of one scatter each: IREE
         runs a scatter one index at a time, so the indices cost, not the columns (LAMB's flat
-        module of any length 9.2 -> 7.4 ms at 1M on the 2-core CPU, docs/performance.md twelfth
+        module of any length 9.0 -> 5.8 ms at 1M on the 2-core CPU, docs/performance.md twelfth
         pass). The block sums of ``"aligned"`` stay one scatter each (n / 16 indices: stacking
         them measured slower at 10k and the same at 1M), and so does every sum where
-        ``shared_scatter`` is off (the compiler's choice for GPU and Vulkan targets: lavapipe's
-        two-column scatter lost precision, and CUDA's is unmeasured)."""
+        ``shared_scatter`` is off (the compiler's choice for GPU and Vulkan targets, where the
+        workgroup counts of the two-column passes are unmeasured: on lavapipe a first form of it,
+        an interleaving pass over 2n elements, lost part of a 65535-element step)."""
         xs = list(xs)
         if len(xs) < 2 or self.reduction != "scatter" or not self.shared_scatter:
             return [self.sums(x, what) for x in xs]
         ids = [self._ids("segment_ids", x, what) for x in xs][0]
-        # columns by reshape, not jnp.stack: IREE 3.13 legalizes a column of unknown length only
-        # as a reshape (export.legalize_dynamic_reshapes), not as the broadcast stack emits
-        cols = jnp.concatenate([jnp.reshape(jnp.asarray(x, _F32), (-1, 1)) for x in xs], axis=1)
+        # the columns side by side as one element-wise (n, k) select, which IREE fuses with the
+        # squares that feed it; jnp.stack or a concatenate of columns becomes a separate
+        # interleaving pass, one branch per element (1.6 ms at 1M), and the column of unknown
+        # length must be a reshape (export.legalize_dynamic_reshapes), not a broadcast
+        col = lax.broadcasted_iota(jnp.int32, (1, len(xs)), 1)
+        cols = jnp.zeros((), _F32)
+        for k, x in enumerate(xs):
+            cols = jnp.where(col == k, jnp.reshape(jnp.asarray(x, _F32), (-1, 1)), cols)
         out = _scatter_sum(cols, ids, self.num_segments)
         return [out[:, k] for k in range(len(xs))]
 
