@@ -162,14 +162,16 @@ def compile_optimizer(
     # "aligned": the transforms see every flat vector as (n / 16, 16) blocks (segments.py)
     blocks = functools.partial(_as_blocks, n=layout.tree.shape[0]) if aligned else list
 
+    cpu_only = all(t is Target.LLVM_CPU for t in options.targets)
+
     def in_segments(seg):
         if not seg_names:
             return contextlib.nullcontext()
         ids = dict(zip(seg_names, seg, strict=True))
         return flat_segments(
             ids.get("segment_ids"), max_segments, row_ids=ids.get("row_ids"), num_rows=max_rows, reduction=reduction,
-            # several sums in one scatter: measured on CPUs only (lavapipe's lost precision)
-            block_sums=block_sums, shared_scatter=all(t is Target.LLVM_CPU for t in options.targets),
+            # several sums in one scatter, 4 accumulators a segment: measured on CPUs only
+            block_sums=block_sums, shared_scatter=cpu_only, scatter_lanes=SCATTER_LANES if cpu_only else 1,
         )
 
     def init_fn(*p):
@@ -315,6 +317,11 @@ SEGMENT_INPUTS = ("segment_ids", "row_ids")
 # LAMB step with the scatter costs ~8.5 ns an element, with the tree ~3.5 ns an element plus ~180 ns per
 # possible segment (2 sums and the search): even at ~37 elements per segment.
 TREE_MIN_ELEMENTS_PER_SEGMENT = 40
+
+# Accumulators per segment of a CPU module's scatters (polaris._src.segments._scatter_sum): LAMB's
+# flat step at 1M, any length, 6.3 / 4.4 / 3.7 / 3.7 / 3.6 ms with 1 / 2 / 4 / 8 / 16 lanes, at
+# 10k 66 / 59 / 56 / 61 / 94 us (docs/performance.md, twelfth pass). GPU targets keep one.
+SCATTER_LANES = 4
 
 
 def choose_segment_reduction(requested: str, layout: Layout, max_segments: int, options: CompileOptions) -> str:

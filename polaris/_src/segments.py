@@ -82,6 +82,7 @@ class FlatSegments:
     block_sums: str = "tree"  # "aligned": how the block sums are summed per tensor (or "scatter")
     counted: bool = False  # a trace divided by element counts (per-tensor means): never "aligned"
     shared_scatter: bool = True  # sums_of: one scatter of several columns ("scatter" reduction)
+    scatter_lanes: int = 1  # accumulators per segment of a scatter (_scatter_sum)
 
     # -- the two primitives every helper is built from ---------------------------------------
     # Helpers reduce into segment space ((num,) vectors), compute there, and broadcast back once:
@@ -93,11 +94,11 @@ class FlatSegments:
         if kind == "segment_ids" and self.reduction == "aligned":
             blocks = jnp.sum(jnp.asarray(x, _F32), axis=1)
             if self.block_sums == "scatter":  # n / 16 elements: cheap where there are few
-                return _scatter_sum(blocks, ids, self.num_segments)
+                return _scatter_sum(blocks, ids, self.num_segments, self.scatter_lanes)
             return _tree_sum(blocks, *self._runs(ids, what))
         if kind == "segment_ids" and self.reduction == "tree":
             return _tree_sum(x, *self._runs(ids, what))
-        return _scatter_sum(x, ids, self.num_segments if kind == "segment_ids" else self.num_rows)
+        return _scatter_sum(x, ids, self.num_segments if kind == "segment_ids" else self.num_rows, self.scatter_lanes)
 
     def sums_of(self, xs, what: str = "a per-tensor reduction") -> list:
         """:meth:`sums` of several flat leaves (per segment). With the ``"scatter"`` reduction the
@@ -121,7 +122,7 @@ class FlatSegments:
         cols = jnp.zeros((), _F32)
         for k, x in enumerate(xs):
             cols = jnp.where(col == k, jnp.reshape(jnp.asarray(x, _F32), (-1, 1)), cols)
-        out = _scatter_sum(cols, ids, self.num_segments)
+        out = _scatter_sum(cols, ids, self.num_segments, self.scatter_lanes)
         return [out[:, k] for k in range(len(xs))]
 
     def counts(self, x, what: str = "a per-tensor reduction", kind: str = "segment_ids"):
@@ -221,13 +222,30 @@ def _same_dim(a, b) -> bool:
         return False
 
 
-def _scatter_sum(x, ids_col, num: int):
+# Below this many indices a scatter keeps one accumulator per segment: the lanes' fixed cost
+# (zeroing and summing lanes x num_segments values, ~3 us for 4096 segments) outweighs what they
+# save (~2 ns an index on the 2-core EPYC, docs/performance.md twelfth pass).
+SCATTER_LANES_MIN_INDICES = 2048
+# ... and above this many segments (row_ids' 2**20 rows) the lanes' segment space would cost more
+# than the whole step.
+SCATTER_LANES_MAX_SEGMENTS = 16384
+
+
+def _scatter_sum(x, ids_col, num: int, lanes: int = 1):
     """``out[k] = sum(x[i] for ids[i] == k)``, float32; out-of-range ids (``-1``) are dropped.
 
     Dropped elements are summed into a spare slot past the end, which is cut off: the scatter
     itself only ever sees indices in range. XLA skips out-of-range scatter indices, IREE 3.13
     does not: an id of -1 wrote 4 bytes before the buffer (heap corruption, seen as a crash in
     ``free`` with flat ``centralize`` modules).
+
+    ``lanes > 1``: index ``i`` adds into lane ``i % lanes`` of its segment's ``lanes``
+    accumulators, which are summed at the end. IREE runs a scatter one index at a time, and the
+    ids of a packed model repeat one segment for a whole tensor, so with one accumulator each
+    update waits for the previous one's store (a read-add-write chain); lanes interleave
+    independent chains (LAMB's flat step at 1M 6.3 -> 3.7 ms with 4 lanes on the 2-core EPYC).
+    Used where the number of indices is unknown or at least :data:`SCATTER_LANES_MIN_INDICES`,
+    for at most :data:`SCATTER_LANES_MAX_SEGMENTS` segments.
     """
     x = jnp.asarray(x)
     window = tuple(range(1, x.ndim))  # columns of x (sums_of) ride along with each index
@@ -235,13 +253,20 @@ def _scatter_sum(x, ids_col, num: int):
         update_window_dims=window, inserted_window_dims=(0,), scatter_dims_to_operand_dims=(0,)
     )
     ids = jnp.where((ids_col >= 0) & (ids_col < num), ids_col, num)
+    n = ids.shape[0]
+    if lanes > 1 and num <= SCATTER_LANES_MAX_SEGMENTS and not (isinstance(n, int) and n < SCATTER_LANES_MIN_INDICES):
+        ids = ids * lanes + lax.broadcasted_iota(jnp.int32, ids.shape, 0) % lanes
+    else:
+        lanes = 1
     out = lax.scatter_add(
-        jnp.zeros((num + 1, *x.shape[1:]), _F32),
+        jnp.zeros(((num + 1) * lanes, *x.shape[1:]), _F32),
         ids,
-        jnp.asarray(x).astype(_F32),
+        x.astype(_F32),
         dn,
         mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
     )
+    if lanes > 1:
+        out = jnp.sum(jnp.reshape(out, (num + 1, lanes, *x.shape[1:])), axis=1)
     return out[:num]
 
 
@@ -340,6 +365,7 @@ def flat_segments(
     reduction: str = "scatter",
     block_sums: str = "tree",
     shared_scatter: bool = True,
+    scatter_lanes: int = 1,
 ):
     """Makes per-tensor transforms reduce per segment of a flat parameter vector.
 
@@ -357,6 +383,8 @@ def flat_segments(
         scatter: the cheaper one while blocks are few per possible segment; never on GPUs).
       shared_scatter: ``"scatter"`` only: several sums of one transform share one scatter
         (:meth:`FlatSegments.sums_of`; ``True``, the default) or take one each.
+      scatter_lanes: accumulators per segment of every scatter (1, the default: one); the
+        compiler takes 4 for CPU targets (``_scatter_sum``).
 
     Yields the :class:`FlatSegments` context; its ``used`` set names the ids a trace needed.
     """
@@ -367,11 +395,13 @@ def flat_segments(
         raise ValueError(
             f"flat_segments: `reduction` must be one of {', '.join(map(repr, SEGMENT_REDUCTIONS))}, got {reduction!r}"
         )
+    if not isinstance(scatter_lanes, int) or isinstance(scatter_lanes, bool) or scatter_lanes < 1:
+        raise ValueError(f"flat_segments: `scatter_lanes` must be a positive int, got {scatter_lanes!r}")
     if block_sums not in ("tree", "scatter"):
         raise ValueError(f"flat_segments: `block_sums` must be 'tree' or 'scatter', got {block_sums!r}")
     ctx = FlatSegments(
         segment_ids, num_segments, row_ids, num_rows, reduction=reduction, block_sums=block_sums,
-        shared_scatter=bool(shared_scatter),
+        shared_scatter=bool(shared_scatter), scatter_lanes=scatter_lanes,
     )
     stack = getattr(_local, "stack", None)
     if stack is None:
