@@ -252,7 +252,7 @@ def test_any_length_aligned_module_serves_two_models_like_the_fixed_size_ones(an
     assert [s["shape"] for s in m["groups"]["params"]] == [[f"{A}*b"]]
     assert [s["shape"] for s in m["groups"]["segments"]] == [["b", 1]]
     assert m["segments"]["reduction"] == "aligned" and m["segments"]["align"] == A
-    assert "--size N (static shapes, the tree of block sums) runs it 1.04-1.25x faster" in m["segments"]["notes"][0]
+    assert "--size N (static shapes, the tree of block sums) runs it 1.03-1.5x faster" in m["segments"]["notes"][0]
     opt = pr.load(any_length.vmfb, device="local-sync")
     rng = np.random.default_rng(31)
     small = random_tree(rng, MODEL_A)

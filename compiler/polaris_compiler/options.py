@@ -175,18 +175,18 @@ def layout_notes(opts: CompileOptions, layout_kind: str, size: int | None, dtype
 def segment_notes(opts: CompileOptions, size: int | None, reduction: str, name: str = "this optimizer", aligned_ok: bool = True) -> list[str]:
     """Notes on a flat module that sums per tensor (``segment_ids``) in a slower form than it
     could, naming the faster forms that can serve its transform (docs/flat-modules.md; flat LAMB
-    measured on the 2-core EPYC, ``bench/results/2026-11-26-cpu-amd-epyc-2c-lamb-shared-scatter.md``).
+    measured on the 2-core EPYC, ``bench/results/2026-11-26-cpu-amd-epyc-2c-lamb-lanes.md``).
 
-    * Any length, scatter: one element at a time in IREE 3.13 (flat LAMB 1.5-5x
+    * Any length, scatter: one element at a time in IREE 3.13 (flat LAMB 0.95-3.1x
       ``jax.jit(optax)`` from 1e4 to 1e7; 1.1 s a step at 1e7 on an H200). ``aligned`` of any
-      length is 2-3.5x faster, and with ``--size`` up to 1.25x faster again.
-    * Any length, aligned: ``--size N`` is 1.04-1.25x faster (static shapes, the tree of block sums).
-    * A fixed length summed per element (tree or scatter): ``aligned`` is 2.3-5.3x faster.
+      length is 1.6-2.6x faster, and with ``--size`` up to 1.5x faster again.
+    * Any length, aligned: ``--size N`` is 1.03-1.5x faster (static shapes, the tree of block sums).
+    * A fixed length summed per element (tree or scatter): ``aligned`` is 2.1-3.4x faster.
 
     ``aligned_ok``: the transform only sums (no per-tensor means, no row ids), so the
     ``"aligned"`` reduction can serve it.
     """
-    how = "--size N (static shapes, the tree of block sums) runs it 1.04-1.25x faster"
+    how = "--size N (static shapes, the tree of block sums) runs it 1.03-1.5x faster"
     if reduction == "aligned":
         if size is not None:
             return []
@@ -196,21 +196,21 @@ def segment_notes(opts: CompileOptions, size: int | None, reduction: str, name: 
             t in GPU_TARGETS for t in opts.targets
         ) else ""
         faster = (
-            ["--segment-reduction aligned for a model packed with pack(params, align=16): 2-3.5x faster at any "
-             "length (0.5x jax.jit(optax) from 7.8M elements), and with --size N up to 1.25x faster again"]
-            if aligned_ok else ["--size N (a tree of block sums; flat LAMB 1.1x jax.jit(optax) at 1e7)"]
+            ["--segment-reduction aligned for a model packed with pack(params, align=16): 1.6-2.6x faster at any "
+             "length (0.43-0.46x jax.jit(optax) from 7.8M elements), and with --size N up to 1.5x faster again"]
+            if aligned_ok else ["--size N (a tree of block sums; flat LAMB 1.0x jax.jit(optax) at 1e7)"]
         )
         faster += ["--whole-vector when the model is one tensor", "--layout FILE for a tree module of the model (LAMB on GPT-2/4: 0.37x)"]
         return [
             f"{name}: a flat module of any length sums per tensor with a scatter over every element, which IREE 3.13 "
-            f"runs one element at a time (flat LAMB: 1.5-5x jax.jit(optax) from 1e4 to 1e7 on a 2-core CPU){gpu}; "
+            f"runs one element at a time (flat LAMB: 0.95-3.1x jax.jit(optax) from 1e4 to 1e7 on a 2-core CPU){gpu}; "
             f"faster: {'; '.join(faster)} (docs/flat-modules.md)"
         ]
     if not aligned_ok:
         return []
     return [
         f"{name}: --segment-reduction aligned sums blocks of 16 elements instead of single elements (flat LAMB "
-        f"2.3-5.3x faster than this {reduction} module from 1e4 to 1e7 on a 2-core CPU): pack the model with "
+        f"2.1-3.4x faster than this {reduction} module from 1e4 to 1e7 on a 2-core CPU): pack the model with "
         f"pack(params, align=16) and compile --size with that packing's size (docs/flat-modules.md)"
     ]
 
