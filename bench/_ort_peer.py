@@ -19,6 +19,7 @@ torch is missing the package is loaded without that file (:func:`_training_modul
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -93,12 +94,28 @@ def ort_peer(opt: str, params: list[np.ndarray]) -> C.Timer:
     model, names = _model(params)
     adamw = onnxblock.optim.AdamW(betas=(0.9, 0.999), eps=1e-8, weight_decay=OPTIMIZERS[opt])
     with tempfile.TemporaryDirectory(prefix="ort-peer-") as folder:  # read whole by the session
-        artifacts.generate_artifacts(
-            model, requires_grad=names, frozen_params=[], loss=artifacts.LossType.MSELoss,
-            optimizer=adamw, artifact_directory=folder,
-        )
+        with _quiet_native_stderr():  # its graph builder logs every transformer at INFO, whatever the severity set
+            artifacts.generate_artifacts(
+                model, requires_grad=names, frozen_params=[], loss=artifacts.LossType.MSELoss,
+                optimizer=adamw, artifact_directory=folder,
+            )
         session = _Session(api, folder)
     return C.Timer(session.step, lambda: None)  # the CPU provider returns when the step is done
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """File descriptor 2 on /dev/null for the block (native code's logging; Python's exceptions
+    still carry their messages), restored after it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class _Session:
