@@ -320,7 +320,8 @@ TREE_MIN_ELEMENTS_PER_SEGMENT = 40
 
 # Accumulators per segment of a CPU module's scatters (polaris._src.segments._scatter_sum): LAMB's
 # flat step at 1M, any length, 6.3 / 4.4 / 3.7 / 3.7 / 3.6 ms with 1 / 2 / 4 / 8 / 16 lanes, at
-# 10k 66 / 59 / 56 / 61 / 94 us (docs/performance.md, twelfth pass). GPU targets keep one.
+# 10k 66 / 59 / 56 / 61 / 94 us (segment-major lanes; lane-major since, 10k 52 us with 4;
+# docs/performance.md, twelfth pass). GPU targets keep one.
 SCATTER_LANES = 4
 
 

@@ -18,8 +18,10 @@ length ``n``. Most transforms are element-wise and do not care; a few reduce *pe
 * ``reduction``: how a per-tensor sum is computed.
 
   - ``"scatter"`` (default): one ``scatter_add`` over the vector. Any ids, any length (also a
-    symbolic one), but IREE 3.13 runs it one element at a time: 4-8 ns an element on a CPU,
-    ~110 ns on a GPU (docs/performance.md).
+    symbolic one), but IREE 3.13 runs it one element at a time: ~110 ns an element on a GPU,
+    2-4 ns on a CPU, where the compiler has the sums of one transform share one scatter
+    (:meth:`FlatSegments.sums_of`) and each segment accumulate in 4 lanes (``_scatter_sum``;
+    docs/performance.md, twelfth pass).
   - ``"tree"``: ids must be **non-decreasing** (each tensor one contiguous run, in order: what
     a packing makes) and the length static. Each tensor's run ``[start, end)`` is found by a
     binary search of the ids, and summed from a blocked pairwise tree (base 16) of the vector:
@@ -240,13 +242,13 @@ def _scatter_sum(x, ids_col, num: int, lanes: int = 1):
     ``free`` with flat ``centralize`` modules).
 
     ``lanes > 1``: index ``i`` adds into lane ``i % lanes`` of its segment's ``lanes``
-    accumulators (lane-major, ``(lanes, num + 1)``: summing the lanes at the end adds whole rows,
-    10k 57 -> 52 us against segment-major lanes), which are summed at the end. IREE runs a scatter one index at a time, and the
+    accumulators, which are summed at the end. IREE runs a scatter one index at a time, and the
     ids of a packed model repeat one segment for a whole tensor, so with one accumulator each
     update waits for the previous one's store (a read-add-write chain); lanes interleave
     independent chains (LAMB's flat step at 1M 6.3 -> 3.7 ms with 4 lanes on the 2-core EPYC).
-    Used where the number of indices is unknown or at least :data:`SCATTER_LANES_MIN_INDICES`,
-    for at most :data:`SCATTER_LANES_MAX_SEGMENTS` segments.
+    The lanes are lane-major, ``(lanes, num + 1)``, so their sum adds whole rows (10k 57 -> 52 us
+    against segment-major lanes). Used where the number of indices is unknown or at least
+    :data:`SCATTER_LANES_MIN_INDICES`, for at most :data:`SCATTER_LANES_MAX_SEGMENTS` segments.
     """
     x = jnp.asarray(x)
     window = tuple(range(1, x.ndim))  # columns of x (sums_of) ride along with each index
