@@ -28,6 +28,20 @@ def test_second_identical_compile_comes_from_the_cache(tmp_path, monkeypatch):
     assert "[3/3] wrote" in fourth.stderr
 
 
+def test_a_cache_hit_repeats_the_notes_of_the_compile(tmp_path, monkeypatch):
+    """A module served from the cache is the same module: the notes on its speed (here the flat
+    LAMB module's per-tensor scatter) are said again, not only the first time."""
+    monkeypatch.setenv("POLARIS_CACHE_DIR", str(tmp_path / "cache"))
+    runner = CliRunner()
+    args = ["compile", "lamb", "--max-segments", "8", "-o", str(tmp_path / "l.vmfb")]
+    first, second = runner.invoke(cli, args), runner.invoke(cli, args)
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    notes = [line for line in first.stderr.splitlines() if line.startswith("note: ")]
+    assert notes and "sums per tensor with a scatter" in notes[-1]
+    assert "came from the compile cache" in second.stderr
+    assert [line for line in second.stderr.splitlines() if line.startswith("note: ")] == notes
+
+
 def test_layout_file_contents_are_part_of_the_key(tmp_path, monkeypatch):
     monkeypatch.setenv("POLARIS_CACHE_DIR", str(tmp_path / "cache"))
     layout = tmp_path / "l.json"

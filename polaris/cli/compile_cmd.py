@@ -146,6 +146,8 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
             data, info = hit
             out = output or info.get("output") or f"{name}.vmfb"
             path = _write(out, data)
+            for note in info.get("notes", []):  # what the compile that made it said
+                _say(f"note: {note}")
             _say(f"[cache] {path} ({len(data) / 1024:.1f} KiB) came from the compile cache "
                  f"(key {key[:12]}, {cache.cache_dir()}) in {time.perf_counter() - t0:.2f} s; --no-cache rebuilds")
             click.echo(str(path))
@@ -203,7 +205,8 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
     )
     from polaris_compiler.options import layout_notes
 
-    for note in [*copts.notes(), *layout_notes(copts, lay.kind, lay.size, lay.flat_dtype)]:
+    notes = [*copts.notes(), *layout_notes(copts, lay.kind, lay.size, lay.flat_dtype)]
+    for note in notes:
         _say(f"note: {note}")
     full = {} if grouped else {**spec.defaults(), **opts}
     where = ",".join(t.value for t in copts.targets)
@@ -220,8 +223,9 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
     default = default_output(name, opts, {} if grouped else spec.defaults(), layout, dtype, "+".join(t.value for t in copts.targets) + ("-async" if asynchronous else "") + ("-ext" if external_transients else "") + ("-whole" if whole_vector else "") + ("-aligned" if segment_reduction == "aligned" else ""), size)
     for note in art.manifest.get("segments", {}).get("notes", []):  # known once the module is traced
         _say(f"note: {note}")
+        notes.append(note)
     path = art.save(output or default)
     if key:
-        cache.put(key, art.vmfb, {"output": default, "optimizer": name, "seconds": art.seconds})
+        cache.put(key, art.vmfb, {"output": default, "optimizer": name, "seconds": art.seconds, "notes": notes})
     _say(f"[3/3] wrote {path} ({len(art.vmfb) / 1024:.1f} KiB) in {time.perf_counter() - t0:.1f} s")
     click.echo(str(path))
