@@ -315,7 +315,10 @@ SEGMENT_INPUTS = ("segment_ids", "row_ids")
 
 # The CPU break-even of the tree against the scatter (docs/performance.md, fifth pass): the
 # LAMB step with the scatter costs ~8.5 ns an element, with the tree ~3.5 ns an element plus ~180 ns per
-# possible segment (2 sums and the search): even at ~37 elements per segment.
+# possible segment (2 sums and the search): even at ~37 elements per segment. Since the CPU
+# scatter's shared columns and lanes (twelfth pass) the scatter is faster at these sizes too (1M
+# 3.6 vs 5.1 ms, 10M 38.5 vs 42-45 ms), but its sums are running sums (about 2e-3 relative at 10M
+# elements in one tensor, against ~1e-8 for the tree's pairwise sums), so the bound stays.
 TREE_MIN_ELEMENTS_PER_SEGMENT = 40
 
 # Accumulators per segment of a CPU module's scatters (polaris._src.segments._scatter_sum): LAMB's
