@@ -66,8 +66,6 @@ import numpy as np  # noqa: E402
 import _common as C  # noqa: E402
 import _ort_peer as _ort  # noqa: E402
 from _numpy_peer import NumpyStep  # noqa: E402
-from _ort_peer import OPTIMIZERS as ORT_OPTIMIZERS  # noqa: E402
-from _ort_peer import ort_peer  # noqa: E402
 from polaris_runtime import device as pr_device  # noqa: E402
 
 CACHE = C.REPO / ".cache" / "bench"
@@ -288,10 +286,12 @@ def run_suite(args) -> dict:
     rng = np.random.default_rng(0)
     t_start = time.perf_counter()
     driver = args.driver or pr_device.default_cpu_driver()  # the runtime's own default
-    ort_here = "ort" in args.peers and _ort.available() is None
+    ort_here = False
     if "ort" in args.peers:
+        ort_missing = _ort.available()  # imports onnxruntime.training once: None where it can run
+        ort_here = ort_missing is None
         vers = ", ".join(f"{k} {v}" for k, v in C.versions(*_ort.VERSIONS).items() if k != "python")
-        info["ort"] = _ort.available() or f"{vers}; AdamW optimizer step alone, CPU execution provider, default threads"
+        info["ort"] = ort_missing or f"{vers}; AdamW optimizer step alone, CPU execution provider, default threads"
         C.say(f"  {info['ort']}")
 
     for opt in args.optimizers:
@@ -313,7 +313,7 @@ def run_suite(args) -> dict:
                 "iree-bare": lambda: bare_peer(flat, [p], [g], driver),
                 "optax": lambda: optax_peer(opt, p, g),
                 "numpy": lambda: numpy_peer(opt, [p], [g]),
-                **({"ort": lambda: ort_peer(opt, [p])} if ort_here and opt in ORT_OPTIMIZERS else {}),
+                **({"ort": lambda: _ort.ort_peer(opt, [p])} if ort_here and opt in _ort.OPTIMIZERS else {}),
             }
             make = {k: v for k, v in make.items() if k in args.peers}
             measure_group(opt, C.fmt_size(n), "flat", n, make, reps, args.warmup, args.target_s, results, floor)
@@ -337,7 +337,7 @@ def run_suite(args) -> dict:
                 "iree-bare": lambda: bare_peer(tree_mod, p_leaves, g_leaves, driver),
                 "optax": lambda: optax_peer(opt, host_p, host_g),
                 "numpy": lambda: numpy_peer(opt, p_leaves, g_leaves),
-                **({"ort": lambda: ort_peer(opt, p_leaves)} if ort_here and opt in ORT_OPTIMIZERS else {}),
+                **({"ort": lambda: _ort.ort_peer(opt, p_leaves)} if ort_here and opt in _ort.OPTIMIZERS else {}),
             }
             make = {k: v for k, v in make.items() if k in args.peers}
             measure_group(opt, f"{label} tree", "tree", total, make, reps, args.warmup, args.target_s, results, floor)

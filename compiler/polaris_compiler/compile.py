@@ -83,8 +83,7 @@ def _tracing(options: CompileOptions):
     """How the frontend traces for these targets: scalars hoisted or not (``hoist_scalars``);
     sums of squares as dot products only where every target is a CPU (measured 3-4x faster
     there; unmeasured on GPUs, and Vulkan needs the split reduction)."""
-    cpu_only = all(t is Target.LLVM_CPU for t in options.targets)
-    with scalar_hoisting(options.hoist_scalars), dot_reductions(cpu_only):
+    with scalar_hoisting(options.hoist_scalars), dot_reductions(options.cpu_only):
         yield
 
 
@@ -162,8 +161,6 @@ def compile_optimizer(
     # "aligned": the transforms see every flat vector as (n / 16, 16) blocks (segments.py)
     blocks = functools.partial(_as_blocks, n=layout.tree.shape[0]) if aligned else list
 
-    cpu_only = all(t is Target.LLVM_CPU for t in options.targets)
-
     def in_segments(seg):
         if not seg_names:
             return contextlib.nullcontext()
@@ -171,7 +168,7 @@ def compile_optimizer(
         return flat_segments(
             ids.get("segment_ids"), max_segments, row_ids=ids.get("row_ids"), num_rows=max_rows, reduction=reduction,
             # several sums in one scatter, 4 accumulators a segment: measured on CPUs only
-            block_sums=block_sums, shared_scatter=cpu_only, scatter_lanes=SCATTER_LANES if cpu_only else 1,
+            block_sums=block_sums, shared_scatter=options.cpu_only, scatter_lanes=SCATTER_LANES if options.cpu_only else 1,
         )
 
     def init_fn(*p):

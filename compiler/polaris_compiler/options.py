@@ -96,6 +96,11 @@ class CompileOptions:
         return (self.target, *[t for t in self.extra_targets if t is not self.target])
 
     @property
+    def cpu_only(self) -> bool:
+        """Every target is a CPU: the frontend may trace the forms measured on CPUs only."""
+        return all(t is Target.LLVM_CPU for t in self.targets)
+
+    @property
     def cpu_variants(self) -> tuple[str, ...]:
         """The CPUs to build variants for (one unless ``cpu`` names a list or a preset)."""
         from polaris_compiler.cpu_variants import expand

@@ -115,7 +115,9 @@ class FlatSegments:
         xs = list(xs)
         if len(xs) < 2 or self.reduction != "scatter" or not self.shared_scatter:
             return [self.sums(x, what) for x in xs]
-        ids = [self._ids("segment_ids", x, what) for x in xs][0]
+        ids = self._ids("segment_ids", xs[0], what)
+        for x in xs[1:]:  # every leaf checked against the ids
+            self._ids("segment_ids", x, what)
         # the columns side by side as one element-wise (n, k) select, which IREE fuses with the
         # squares that feed it; jnp.stack or a concatenate of columns becomes a separate
         # interleaving pass, one branch per element (1.6 ms at 1M), and the column of unknown
