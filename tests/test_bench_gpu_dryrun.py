@@ -59,3 +59,19 @@ def test_the_gpu_check_dry_runs_on_the_cpu_and_writes_every_row(tmp_path):
     assert len(status) == 6 * 2 * 2
     assert status["lamb", 20000000, "local-task"].startswith("skipped (n > 1e+07")
     assert all(s == "pass" for (m, n, d), s in status.items() if d == "local-task" and (m, n) != ("lamb", 20000000)), status
+
+
+@pytest.mark.slow
+def test_the_defaults_experiment_and_the_catalog_check_dry_run(tmp_path):
+    """bench/gpu_defaults.py (the 8 option combinations, thirteenth pass) builds and times every
+    variant with the same numbers as the sync module; bench/gpu_verify.py checks the catalog's
+    lavapipe modules against its x86_64 ones."""
+    mods, out = tmp_path / "defaults", tmp_path / "out"
+    _run(BENCH / "gpu_defaults.py", "build", mods, "--target", "llvm-cpu", "--adam-sizes", "4096", "--lamb-sizes", "1024")
+    _run(BENCH / "gpu_defaults.py", "run", mods, "--out", out, "--device", "local-task", "--repeats", "2", "--target-s", "0.005")
+    res = json.loads((out / "defaults.json").read_text())
+    assert [len(c["rel_errors"]) for c in res["checks"]] == [8, 8]
+    assert all(e <= 1e-6 for c in res["checks"] for e in c["rel_errors"].values()), res["checks"]
+    _run(BENCH / "gpu_verify.py", "--out", out, "--device", "vulkan", "--platform", "vulkan-llvmpipe", "--n", "1000")
+    rows = json.loads((out / "verify.json").read_text())["rows"]
+    assert len(rows) >= 7 and all(r["status"] == "pass" for r in rows), rows

@@ -40,7 +40,7 @@ from polaris_compiler.errors import CompileError, LayoutError
 from polaris_compiler.export import export_text, manifest_reflection, merge_modules
 from polaris_compiler.hazards import anchored
 from polaris_compiler.layout import Layout
-from polaris_compiler.options import GPU_TARGETS, CompileOptions, Target, build_flags, layout_notes, segment_notes
+from polaris_compiler.options import GPU_TARGETS, CompileOptions, Target, build_flags, execution_notes, layout_notes, segment_notes
 
 
 @dataclasses.dataclass
@@ -82,8 +82,8 @@ def _json_safe(v: Any) -> Any:
 def _tracing(options: CompileOptions):
     """How the frontend traces for these targets: scalars hoisted or not (``hoist_scalars``);
     sums of squares as dot products only where every target is a CPU (measured 3-4x faster
-    there; unmeasured on GPUs, and Vulkan needs the split reduction)."""
-    with scalar_hoisting(options.hoist_scalars), dot_reductions(options.cpu_only):
+    there; on CUDA 1.3-4.5x slower, H100, thirteenth pass; Vulkan needs the split reduction)."""
+    with scalar_hoisting(options.resolved().hoist_scalars), dot_reductions(options.cpu_only):
         yield
 
 
@@ -126,6 +126,39 @@ def compile_optimizer(
         (:func:`choose_segment_reduction`; never "aligned", which needs its own packing).
       record: more top-level manifest fields (e.g. parameter groups: ``polaris_compiler.groups``).
     """
+    kw = dict(name=name, optimizer_options=optimizer_options, segments=segments, max_segments=max_segments,
+              max_rows=max_rows, segment_reduction=segment_reduction, record=record)
+    if options.external_transients is None and options.resolved().external_transients:
+        # the default for async CUDA modules; IREE refuses it for some (a transient size that
+        # depends on the arguments: segment modules of any length, Adadelta; noisy_sgd's
+        # emplacement), which then get a queue allocation per call as before
+        try:
+            return _compile_optimizer(tx, layout, dataclasses.replace(options, external_transients=True), **kw)
+        except CompileError as e:
+            art = _compile_optimizer(tx, layout, dataclasses.replace(options, external_transients=False), **kw)
+            reason = str(e).splitlines()[0]
+            art.notes.append(
+                f"external transients (the default for async CUDA modules, so that steps overlap) are not "
+                f"possible here ({reason}); compiled with a queue allocation per call, whose CUDA "
+                f"deallocation makes the host wait for each step"
+            )
+            return art
+    return _compile_optimizer(tx, layout, options, **kw)
+
+
+def _compile_optimizer(
+    tx: Transform,
+    layout: Layout,
+    options: CompileOptions,
+    *,
+    name: str,
+    optimizer_options: dict[str, Any] | None,
+    segments: bool | None,
+    max_segments: int,
+    max_rows: int,
+    segment_reduction: str,
+    record: dict[str, Any] | None,
+) -> Artifact:
     p_leaves, p_def, state_shape, s_leaves, s_def = _abstract(tx, layout)
     n_p, n_s = len(p_leaves), len(s_leaves)
 
@@ -263,11 +296,13 @@ def compile_optimizer(
         manifest[key] = value
     with _tracing(options):
         _add_learning_rate_export(tx, s_def, s_leaves, hps, parts, manifest)
-    if options.external_transients:
+    external = options.resolved().external_transients
+    if external:
         manifest["schema_version"] = EXTERNAL_TRANSIENTS_SCHEMA_VERSION  # older runtimes cannot call it
-    transients = ("update", "step") if options.external_transients else ()
+    transients = ("update", "step") if external else ()
     art = _finish(parts, manifest, options, flags, t0, aliases, transients)
     art.notes.extend(layout_notes(options, layout.kind, layout.size, layout.flat_dtype))
+    art.notes.extend(execution_notes(options))
     art.notes.extend(manifest.get("segments", {}).get("notes", []))
     return art
 

@@ -78,18 +78,22 @@ class CompileOptions:
     # IREE's async-external model: every export takes a wait and a signal fence and returns once
     # its work is queued (the runtime chains them; docs/runtime.md "Asynchronous modules").
     asynchronous: bool = False
-    # Scalars (bias corrections, schedules) in small dispatches of their own (the default: 1M
-    # Adam 2x faster on a small CPU) or fused into the elementwise kernels (False: Adam's CUDA
-    # step 5 dispatches -> 2; for GPU A/B runs, docs/performance.md fourth pass).
-    hoist_scalars: bool = True
+    # Scalars (bias corrections, schedules) in small dispatches of their own (True: 1M Adam 2x
+    # faster on a small CPU) or fused into the elementwise kernels (False: Adam's CUDA step 5
+    # dispatches -> 2). ``None`` (default): fused where every target is CUDA (H100, Adam 1e6-1e8:
+    # 3-12% faster, docs/performance.md thirteenth pass), hoisted elsewhere (``resolved()``).
+    hoist_scalars: bool | None = None
     # Experimental (IREE marks the feature so): ``update`` and ``step`` take their transient
     # storage (Adam: 192 bytes of hoisted scalars) from the caller, a ``!hal.buffer`` after the
     # arrays, instead of a queue alloca/dealloca per call; with indirect command buffers so a
     # fixed-size step stays one memoized command buffer. IREE 3.13's CUDA dealloca blocks the host
-    # until the step is done, so only such a step can pipeline on CUDA (docs/gpu-session.md).
-    # The runtime passes the buffer; C hosts read its size from the function's reflection
-    # (``iree.abi.transients.size.constant``; docs/abi.md).
-    external_transients: bool = False
+    # until the step is done, so only such a step can pipeline on CUDA: an async Adam step at 1e7
+    # 164 -> 105 us on an H100 (docs/performance.md, thirteenth pass). ``None`` (default): on for
+    # async modules whose targets are all CUDA, where a module that IREE refuses it for is
+    # compiled without (``compile_optimizer``); off elsewhere. The runtime passes the buffer; C
+    # hosts read its size from the function's reflection (``iree.abi.transients.size.constant``;
+    # docs/abi.md).
+    external_transients: bool | None = None
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -107,11 +111,22 @@ class CompileOptions:
 
         return expand(self.cpu)
 
+    @property
+    def cuda_only(self) -> bool:
+        """Every target is CUDA: the defaults measured on an H100 apply (``resolved``)."""
+        return all(t is Target.CUDA for t in self.targets)
+
     def resolved(self) -> CompileOptions:
-        """Options with fallbacks applied (e.g. Hopper CUDA names to sm_80 PTX)."""
+        """Options with fallbacks (Hopper CUDA names to sm_80 PTX) and defaults applied: every
+        field set, ``hoist_scalars`` and ``external_transients`` included."""
+        changes = {}
         if self.target is Target.CUDA and self.cuda_arch in CUDA_FALLBACK:
-            return dataclasses.replace(self, cuda_arch=CUDA_FALLBACK[self.cuda_arch])
-        return self
+            changes["cuda_arch"] = CUDA_FALLBACK[self.cuda_arch]
+        if self.hoist_scalars is None:
+            changes["hoist_scalars"] = not self.cuda_only
+        if self.external_transients is None:
+            changes["external_transients"] = self.asynchronous and self.cuda_only
+        return dataclasses.replace(self, **changes) if changes else self
 
     def notes(self) -> list[str]:
         """Human-readable notes about fallbacks taken."""
@@ -148,8 +163,9 @@ def layout_notes(opts: CompileOptions, layout_kind: str, size: int | None, dtype
 
     * A flat module of any length gives IREE 3.13's GPU code generator an unknown length: one
       element per thread, scalar loads, 32-thread workgroups, and a command buffer recorded on
-      every call. Measured on an H200 (CUDA, 1e8 parameters, docs/performance.md): 2.2 ms per
-      Adam step against 0.82 ms for the same step compiled for exactly that length.
+      every call. Measured on an H100 (CUDA, 1e8 parameters, docs/performance.md thirteenth
+      pass): 2.11 ms per Adam step against 1.05 ms for the same step compiled for exactly that
+      length (H200, fourth pass: 2.2 vs 0.82 ms).
     * A fixed length gets the vector loads only when it is a multiple of
       :func:`gpu_vector_multiple` (128 float32 elements on CUDA): 1e8 does, 1e6 does not.
     """
@@ -160,7 +176,7 @@ def layout_notes(opts: CompileOptions, layout_kind: str, size: int | None, dtype
         return [
             f"{'/'.join(t.value for t in gpus)}: a flat module of any length runs 2-3x slower on a GPU "
             f"than one compiled for its exact length (IREE 3.13 cannot vectorise an unknown length "
-            f"and records the step on every call; H200, 1e8 params: 2.2 ms vs 0.82 ms per Adam step); "
+            f"and records the step on every call; H100, 1e8 params: 2.11 ms vs 1.05 ms per Adam step); "
             f"pass --size N (Layout.flat(size=N)) for the fast kernel"
         ]
     notes = []
@@ -175,6 +191,23 @@ def layout_notes(opts: CompileOptions, layout_kind: str, size: int | None, dtype
                 f"tensor) and compile --size {padded}"
             )
     return notes
+
+
+def execution_notes(opts: CompileOptions) -> list[str]:
+    """Notes on how calls run: a synchronous CUDA module waits for the GPU at the end of every
+    call, so the host's issue time and the GPU's step add up; an async one (with its transient
+    storage passed in, the default there) queues steps back to back. Measured on an H100
+    through the runtime, Adam ``--size``, sync vs async (docs/performance.md, thirteenth pass):
+    1000064 57 -> 52 us, 1e7 156 -> 105 us, 1e8 1.05 -> 0.96 ms (jax.jit(optax) 53 us, 104 us,
+    0.95 ms; torch fused Adam 50 us, 115 us, 1.08 ms)."""
+    if opts.asynchronous or not opts.cuda_only:
+        return []
+    return [
+        "cuda: every call of this module waits for the GPU to finish the step before it returns; compile "
+        "with --async (CompileOptions(asynchronous=True)) and the runtime queues steps back to back "
+        "(H100, Adam --size 10000000: 156 -> 105 us a step, jax.jit(optax) 104 us, torch fused 115 us; "
+        "reads of results wait as before, docs/runtime.md)"
+    ]
 
 
 def segment_notes(opts: CompileOptions, size: int | None, reduction: str, name: str = "this optimizer", aligned_ok: bool = True) -> list[str]:

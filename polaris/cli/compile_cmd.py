@@ -43,7 +43,7 @@ def default_output(name: str, options: dict, defaults: dict, layout, dtype: str,
 
 def _cache_key(
     name, options, *, target, layout, dtype, cpu, cpu_triple, cuda_arch, vulkan_target, extra, max_segments=None,
-    max_rows=None, size=None, asynchronous=False, segment_reduction="auto", whole_vector=False, external_transients=False,
+    max_rows=None, size=None, asynchronous=False, segment_reduction="auto", whole_vector=False, external_transients=None,
 ) -> str | None:
     """The compile cache's key of one `polaris compile` request (options that change the module;
     ones left at their defaults are left out, so older keys stay valid), or ``None`` when the
@@ -73,7 +73,7 @@ def _cache_key(
             **({"async": True} if asynchronous else {}),
             **({"segment_reduction": segment_reduction} if segment_reduction != "auto" else {}),
             **({"whole_vector": True} if whole_vector else {}),
-            **({"external_transients": True} if external_transients else {}),
+            **({"external_transients": external_transients} if external_transients is not None else {}),
         }
     )
 
@@ -108,7 +108,7 @@ def _say(msg: str) -> None:
 @click.option("--vulkan-target", default="ampere", show_default=True, help="vulkan: target GPU family (ampere, rdna3, valhall, adreno, ...).")
 @click.option("--save-temps", type=click.Path(file_okay=False), default=None, help="Keep the .mlir, flags and manifest in this folder (also POLARIS_SAVE_TEMPS).")
 @click.option("--async", "asynchronous", is_flag=True, help="IREE's async-external model: calls return once their work is queued and the runtime chains them (faster on multi-core CPUs from ~1e5 parameters; docs/runtime.md). Default output NAME-...-TARGET-async.vmfb.")
-@click.option("--external-transients", is_flag=True, help="Experimental: update and step take their transient storage as a buffer the caller passes (the runtime does) instead of a queue allocation per call; on CUDA the only way --async steps overlap (docs/abi.md, docs/gpu-session.md). Default output NAME-...-TARGET[-async]-ext.vmfb.")
+@click.option("--external-transients/--no-external-transients", default=None, help="Experimental: update and step take their transient storage as a buffer the caller passes (the runtime does) instead of a queue allocation per call; on CUDA the only way --async steps overlap (H100, Adam 1e7: 164 -> 105 us). Default: on for --async modules whose targets are all CUDA (without it where IREE refuses it), off elsewhere (docs/abi.md). --external-transients names the output NAME-...-TARGET[-async]-ext.vmfb.")
 @click.option("--iree-flag", "extra", multiple=True, help="Extra flag passed to iree-compile (repeatable).")
 @click.option("--no-cache", is_flag=True, help="Compile even if the compile cache holds this module (also POLARIS_NO_CACHE=1).")
 @click.option("--max-segments", type=click.IntRange(min=1), default=None, help="Flat layout: the most tensors the module serves when its transforms reduce per tensor (lamb, lars, fromage, adafactor). Default 4096. See docs/flat-modules.md.")
@@ -203,9 +203,9 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
         asynchronous=asynchronous,
         external_transients=external_transients,
     )
-    from polaris_compiler.options import layout_notes
+    from polaris_compiler.options import execution_notes, layout_notes
 
-    notes = [*copts.notes(), *layout_notes(copts, lay.kind, lay.size, lay.flat_dtype)]
+    notes = [*copts.notes(), *layout_notes(copts, lay.kind, lay.size, lay.flat_dtype), *execution_notes(copts)]
     for note in notes:
         _say(f"note: {note}")
     full = {} if grouped else {**spec.defaults(), **opts}
@@ -221,9 +221,10 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
     except PolarisError as e:
         raise UsageFailure(str(e)) from None
     default = default_output(name, opts, {} if grouped else spec.defaults(), layout, dtype, "+".join(t.value for t in copts.targets) + ("-async" if asynchronous else "") + ("-ext" if external_transients else "") + ("-whole" if whole_vector else "") + ("-aligned" if segment_reduction == "aligned" else ""), size)
-    for note in art.manifest.get("segments", {}).get("notes", []):  # known once the module is traced
-        _say(f"note: {note}")
-        notes.append(note)
+    for note in art.notes:  # the ones known once the module is traced (segments, defaults refused)
+        if note not in notes:
+            _say(f"note: {note}")
+            notes.append(note)
     path = art.save(output or default)
     if key:
         cache.put(key, art.vmfb, {"output": default, "optimizer": name, "seconds": art.seconds, "notes": notes})

@@ -77,7 +77,7 @@ def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) 
     if t.get("cpu_variants"):
         click.echo("  cpu variants (best first, picked at load): " + ", ".join(t["cpu_variants"]))
     click.echo(f"  flags: {' '.join(t.get('flags', []))}")
-    for note in [*t.get("notes", []), *_layout_notes(m), *(m.segments or {}).get("notes", [])]:
+    for note in [*t.get("notes", []), *_gpu_notes(m), *(m.segments or {}).get("notes", [])]:
         click.echo(f"  note: {note}")
     click.echo("  versions: " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     seg = m.segments
@@ -119,21 +119,23 @@ def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) 
             click.echo(f"    {h.name} = {h.default:g}  (state leaf {h.leaf})")
 
 
-def _layout_notes(m) -> list[str]:
-    """The compiler's notes on a flat layout that runs slowly on the module's GPU targets (an
-    unknown length; a length IREE does not vectorise), from the manifest alone."""
-    if m.kind != "optimizer" or m.layout != "flat" or not m.params:
+def _gpu_notes(m) -> list[str]:
+    """The compiler's notes on a module that runs slowly on its GPU targets (a flat layout of
+    unknown length or of a length IREE does not vectorise; a synchronous CUDA module), from the
+    manifest alone."""
+    if m.kind != "optimizer" or not m.params:
         return []
     try:
-        from polaris_compiler.options import CompileOptions, Target, layout_notes
+        from polaris_compiler.options import CompileOptions, Target, execution_notes, layout_notes
     except ImportError:  # the runtime installed alone: no compiler to ask
         return []
     t = m.target
     try:
         targets = [Target.parse(x) for x in (t.get("targets") or [t.get("name", "")])]
-        opts = CompileOptions(target=targets[0], extra_targets=tuple(targets[1:]), **(
-            {"rocm_arch": t["rocm_arch"]} if "rocm_arch" in t else {}))
+        opts = CompileOptions(target=targets[0], extra_targets=tuple(targets[1:]), asynchronous=t.get("execution") == "async",
+                              **({"rocm_arch": t["rocm_arch"]} if "rocm_arch" in t else {}))
     except Exception:  # a target this compiler does not know
         return []
     n = m.params[0].shape[0]
-    return layout_notes(opts, "flat", n if isinstance(n, int) else None, m.params[0].dtype)
+    flat = layout_notes(opts, "flat", n if isinstance(n, int) else None, m.params[0].dtype) if m.layout == "flat" else []
+    return [*flat, *execution_notes(opts)]
