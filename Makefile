@@ -50,7 +50,6 @@ artifacts: $(STAMP)
 gpu-modules: $(STAMP)
 	$(PY) bench/gpu_check.py build out/gpu-check
 	$(PY) bench/build_gpu_modules.py out/gpu-modules
-	$(PY) bench/norms.py build out/gpu-modules/norms --target cuda
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info out .cache

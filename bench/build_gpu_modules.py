@@ -10,7 +10,8 @@ Run it here (it needs the compiler and JAX, not a GPU), copy the folder to the G
 Writes ``<optimizer>-flat-<target>.vmfb`` for adam, adamw, sgd_momentum, lion and lamb (options
 as in ``bench/_common.POLARIS``), fixed-length flat modules (``--size``: static shapes, a command
 buffer recorded once and replayed) of the ``--fixed`` optimizers at each ``--fixed-sizes`` size,
-each also with its scalars fused into the kernel (``CompileOptions(hoist_scalars=False)``),
+each also with its scalars hoisted into dispatches of their own (``CompileOptions(hoist_scalars=True)``;
+CUDA modules fuse them by default since the thirteenth pass of docs/performance.md),
 zero-padded to a length IREE vectorises where the size is not one (1e6 -> 1000064 on CUDA;
 ``polaris_compiler.options.gpu_vector_multiple``) and
 with the async-external model (``--async``; ``bench/gpu_async.py``; also with externalized
@@ -82,9 +83,10 @@ def main(argv=None) -> int:
                 entry.setdefault("fixed", {})[str(n)] = fname_n = f"{key}-flat{n}-{tgt.value}.vmfb"
                 art = build(fixed, fname_n)
                 C.say(f"  {fname_n}: {len(art.vmfb) / 1024:.0f} KiB")
-                # the same step with its scalars fused into the elementwise kernel (5 -> 2 dispatches)
-                entry.setdefault("fixed_inline", {})[str(n)] = fname_i = f"{key}-flat{n}-inline-{tgt.value}.vmfb"
-                build(fixed, fname_i, hoist_scalars=False)
+                # the same step with its scalars in dispatches of their own (2 -> 5 dispatches; the
+                # CPU's default, CUDA's before the thirteenth pass)
+                entry.setdefault("fixed_hoisted", {})[str(n)] = fname_h = f"{key}-flat{n}-hoisted-{tgt.value}.vmfb"
+                build(fixed, fname_h, hoist_scalars=True)
                 if k and n % k:  # a length IREE does not vectorise (1e6 on CUDA): the same step zero-padded to one it does
                     padded = -(-n // k) * k
                     fname_p = f"{key}-flat{padded}-{tgt.value}.vmfb"
@@ -116,6 +118,11 @@ def main(argv=None) -> int:
             art = build(Layout.flat(size=n), fname_f)
             entry["gpt2"] = {"file": fname_t, "div": div, "flat_fixed": fname_f}
             C.say(f"  {fname_f}: {len(art.vmfb) / 1024:.0f} KiB")
+            if args.async_fixed:  # ... and async (on CUDA with its transients passed in: the default)
+                fname_fa = f"{stem}-flat{n}-async-{tgt.value}.vmfb"
+                build(Layout.flat(size=n), fname_fa, asynchronous=True)
+                entry["gpt2"]["flat_fixed_async"] = fname_fa
+                C.say(f"  {fname_fa}")
     (args.folder / "index.json").write_text(json.dumps(index, indent=2) + "\n")
     print(args.folder / "index.json")
     return 0

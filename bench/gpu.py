@@ -14,9 +14,9 @@ Peers per optimizer and size (1e6, 1e7, 1e8 by default):
 * ``polaris``: ``polaris_runtime.load(module, device="cuda")``, Trees on the device, the gradient
   uploaded once; ``polaris fixed``: the same, with the module compiled for exactly that many
   elements (``polaris compile --size N``: IREE records the step once and replays it), where
-  ``build_gpu_modules.py`` built one; ``polaris fixed inline``: the fixed module with its scalars
-  fused into the elementwise kernel (``CompileOptions(hoist_scalars=False)``: Adam 5 -> 2
-  dispatches); ``polaris fixed padded (N)``: where n is not a length IREE vectorises (1e6 on
+  ``build_gpu_modules.py`` built one (on CUDA its scalars fused into the elementwise kernel, the
+  default there); ``polaris fixed hoisted``: the fixed module with its scalars in dispatches of
+  their own (``CompileOptions(hoist_scalars=True)``: Adam 2 -> 5 dispatches); ``polaris fixed padded (N)``: where n is not a length IREE vectorises (1e6 on
   CUDA: one float per thread), the fixed module for n zero-padded to N (1000064: 128-bit loads);
   ``iree-bare``: the flat module's ``step`` through IREE's
   FunctionInvoker;
@@ -294,10 +294,11 @@ def gpt2_group(args, info, index, opts, floor, on_gpu, results, key, flat_path, 
         make["polaris tree"] = lambda: polaris_peer(tree_path, args.device, host_p, g_leaves)
         make["polaris flat"] = lambda: polaris_peer(flat_path, args.device, np.concatenate([a.ravel() for a in p_leaves]),
                                                     np.concatenate([a.ravel() for a in g_leaves]))
-        if tree.get("flat_fixed"):  # the model packed, one fixed-length module: one kernel
-            make["polaris flat fixed"] = lambda: polaris_peer(args.modules / tree["flat_fixed"], args.device,
-                                                              np.concatenate([a.ravel() for a in p_leaves]),
-                                                              np.concatenate([a.ravel() for a in g_leaves]))
+        for label, k in (("polaris flat fixed", "flat_fixed"), ("polaris flat fixed async", "flat_fixed_async")):
+            if tree.get(k):  # the model packed, one fixed-length module: one kernel (sync, async)
+                make[label] = lambda k=k: polaris_peer(args.modules / tree[k], args.device,
+                                                       np.concatenate([a.ravel() for a in p_leaves]),
+                                                       np.concatenate([a.ravel() for a in g_leaves]))
     add_peers(make, key, peers, on_gpu and have_torch_cuda, (p_leaves, g_leaves), (host_p, host_g), "gpu" if on_gpu else "cpu")
     label = f"gpt2{'' if tree['div'] == 1 else '/' + str(tree['div'])} tree ({len(p_leaves)} tensors)"
     measure(args, info, index, opts, floor, on_gpu, results, key, n, label, make)
@@ -411,9 +412,9 @@ def main(argv=None) -> int:
             fixed = index["modules"][key].get("fixed", {}).get(str(n))
             if "polaris-fixed" in peers and fixed:  # the same step compiled for exactly n elements
                 make["polaris fixed"] = lambda: polaris_peer(args.modules / fixed, args.device, p, g)
-            inline = index["modules"][key].get("fixed_inline", {}).get(str(n))
-            if "polaris-fixed" in peers and inline:  # ... with its scalars fused into the kernel
-                make["polaris fixed inline"] = lambda: polaris_peer(args.modules / inline, args.device, p, g)
+            hoisted = index["modules"][key].get("fixed_hoisted", {}).get(str(n))
+            if "polaris-fixed" in peers and hoisted:  # ... with its scalars in dispatches of their own
+                make["polaris fixed hoisted"] = lambda: polaris_peer(args.modules / hoisted, args.device, p, g)
             padded = index["modules"][key].get("fixed_padded", {}).get(str(n))
             if "polaris-fixed" in peers and padded:  # ... zero-padded to a length IREE vectorises
                 pp, gp = (np.pad(x, (0, padded["size"] - n)) for x in (p, g))

@@ -8,22 +8,20 @@
 # Writes 8 files (the device tool returns at most 8): $OUT/check.log (host facts first),
 # $OUT/check/gpu-check.{md,json} (correctness on local-task, cuda, vulkan), $OUT/bench.log,
 # $OUT/bench/<date>-<gpu>-gpu.{md,json} (timings vs torch, jax), $OUT/async/async.{md,json}
-# (bench/gpu_async.py: the async-external A/B, with and without the step's transient, and the read-back bandwidth); bench/norms.py's
-# dot-vs-reduction table goes to $OUT/bench.log.
+# (bench/gpu_async.py: the async-external A/B, with and without the step's transient, and the read-back bandwidth);
+# bench/gpu_verify.py's catalog table goes to $OUT/check.log.
 # Flat LAMB is left out of the timings: its scatter takes ~1 s a step at 1e7 (docs/performance.md).
 set -uo pipefail
 OUT=${OUT:-out/gpu-results}
 mkdir -p "$OUT"
 { nvidia-smi; python3 -c "import iree.runtime, numpy; print('iree', iree.runtime.__file__)"; } > "$OUT/check.log" 2>&1
-timeout 230 python3 bench/gpu_check.py run out/gpu-check --out "$OUT/check" --timeout 45 >> "$OUT/check.log" 2>&1
+timeout 210 python3 bench/gpu_check.py run out/gpu-check --out "$OUT/check" --timeout 45 >> "$OUT/check.log" 2>&1
 echo "gpu_check exit $?" | tee -a "$OUT/check.log"
-timeout 200 python3 bench/gpu.py --modules out/gpu-modules --out "$OUT/bench" --optimizers adam,adamw,sgd_momentum,lion > "$OUT/bench.log" 2>&1
+timeout 170 python3 bench/gpu.py --modules out/gpu-modules --out "$OUT/bench" --optimizers adam,adamw,sgd_momentum,lion > "$OUT/bench.log" 2>&1
 echo "gpu bench exit $?" | tee -a "$OUT/bench.log"
 timeout 110 python3 bench/gpu_async.py --modules out/gpu-modules --out "$OUT/async" >> "$OUT/bench.log" 2>&1
 echo "gpu async exit $?" | tee -a "$OUT/bench.log"
-# sum of squares as a dot or a reduction on CUDA (GPU targets keep the reduction until this says)
-if [ -d out/gpu-modules/norms ]; then
-  timeout 40 python3 bench/norms.py run out/gpu-modules/norms --device cuda >> "$OUT/bench.log" 2>&1
-  echo "norms exit $?" | tee -a "$OUT/bench.log"
-fi
+# the shipped catalog's CUDA modules against its x86_64 ones (bench/gpu_verify.py), into check.log
+timeout 60 python3 bench/gpu_verify.py --out /tmp/polaris-verify --device cuda >> "$OUT/check.log" 2>&1
+echo "catalog check exit $?" | tee -a "$OUT/check.log"
 tail -n 40 "$OUT/check/gpu-check.md" "$OUT"/bench/*.md "$OUT/async/async.md" 2>/dev/null

@@ -27,7 +27,7 @@ def test_the_gpu_scripts_dry_run_on_the_cpu(tmp_path):
          "--fixed-sizes", "1e5", "--gpt2", "quarter")
     index = json.loads((mods / "index.json").read_text())
     adam = index["modules"]["adam"]
-    assert set(adam["fixed"]) == set(adam["fixed_inline"]) == set(adam["fixed_async"]) == set(adam["fixed_async_ext"]) == {"100000"}
+    assert set(adam["fixed"]) == set(adam["fixed_hoisted"]) == set(adam["fixed_async"]) == set(adam["fixed_async_ext"]) == {"100000"}
     assert "fixed_padded" not in adam  # the CPU vectorises any length (a CUDA build pads 1e6 to 1000064)
     assert adam["gpt2"]["flat_fixed"].endswith("flat7800192-llvm-cpu.vmfb")
 
@@ -35,7 +35,7 @@ def test_the_gpu_scripts_dry_run_on_the_cpu(tmp_path):
          "--optimizers", "adam", "--peers", "polaris,polaris-fixed,gpt2,jax", "--repeats", "3")
     (md,) = (out / "bench").glob("*.md")
     text = md.read_text()
-    for peer in ("polaris fixed inline", "polaris flat fixed", "polaris tree"):
+    for peer in ("polaris fixed hoisted", "polaris flat fixed", "polaris flat fixed async", "polaris tree"):
         assert f"| {peer} |" in text, text
 
     _run(BENCH / "gpu_async.py", "--modules", mods, "--out", out / "async", "--device", "local-task", "--repeats", "3")

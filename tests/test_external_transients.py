@@ -188,3 +188,19 @@ def test_an_async_cuda_module_takes_them_and_falls_back_where_iree_refuses(modul
     noisy = compile_optimizer(registry.get("noisy_sgd").build(), Layout.flat(), CompileOptions(target=Target.CUDA, asynchronous=True), name="noisy_sgd")
     assert "external_transients" not in noisy.manifest["target"] and noisy.manifest["target"]["execution"] == "async"
     assert any("external transients (the default for async CUDA modules" in n and "compile without it" in n for n in noisy.notes)
+
+
+def test_compile_functions_never_takes_them():
+    """They are for the optimizer's update and step: an async CUDA function module records none,
+    and asking for them names the rule."""
+    import jax
+    import jax.numpy as jnp
+
+    from polaris._src.errors import OptionError
+    from polaris_compiler import FunctionEntry, Target, compile_functions
+
+    entry = {"double": FunctionEntry(lambda x: {"y": 2 * x}, {"x": jax.ShapeDtypeStruct((8,), jnp.float32)})}
+    art = compile_functions(entry, CompileOptions(target=Target.CUDA, asynchronous=True))
+    assert "external_transients" not in art.manifest["target"] and "--iree-hal-force-indirect-command-buffers" not in art.flags
+    with pytest.raises(OptionError, match="compile_optimizer's update and step only"):
+        compile_functions(entry, CompileOptions(external_transients=True))

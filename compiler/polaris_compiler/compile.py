@@ -33,6 +33,7 @@ from polaris._src.base import (
     transform_names,
     tree_leaves_with_names,
 )
+from polaris._src.errors import OptionError
 from polaris._src.segments import DEFAULT_MAX_ROWS, DEFAULT_MAX_SEGMENTS, SEGMENT_ALIGN, SEGMENT_REDUCTIONS, flat_segments
 from polaris._src.tree_utils import dot_reductions, scalar_hoisting
 from polaris_compiler import versions
@@ -603,8 +604,16 @@ def compile_functions(
 
     Each function takes its input groups as keyword arguments (pytrees) and returns a dict of
     output groups; leaves are flattened group by group, in the order the dicts list them. A group
-    name used by several functions must have the same leaves in each.
+    name used by several functions must have the same leaves in each. Scalars are hoisted or fused
+    as ``options.resolved()`` says (polaris transforms inside ``fn`` follow it); external
+    transients are for ``compile_optimizer``'s ``update`` and ``step`` only.
     """
+    if options.external_transients:
+        raise OptionError(
+            "compile_functions: external_transients applies to compile_optimizer's update and step only; "
+            "leave it unset (None) or False here"
+        )
+    options = dataclasses.replace(options, external_transients=False)
     groups: dict[str, list[dict]] = {}
     functions: dict[str, dict] = {}
     parts: dict[str, str] = {}
@@ -644,7 +653,8 @@ def compile_functions(
             if g in e.donate:
                 donate_idx.extend(range(i, i + n))
             i += n
-        parts[fname] = export_text(flat_fn, in_leaves, donate=donate_idx)
+        with scalar_hoisting(options.resolved().hoist_scalars):
+            parts[fname] = export_text(flat_fn, in_leaves, donate=donate_idx)
         functions[fname] = {"inputs": in_names, "outputs": out_names, "donates": list(e.donate)}
 
     flags = build_flags(options)

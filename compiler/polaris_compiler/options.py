@@ -81,7 +81,7 @@ class CompileOptions:
     # Scalars (bias corrections, schedules) in small dispatches of their own (True: 1M Adam 2x
     # faster on a small CPU) or fused into the elementwise kernels (False: Adam's CUDA step 5
     # dispatches -> 2). ``None`` (default): fused where every target is CUDA (H100, Adam 1e6-1e8:
-    # 3-12% faster, docs/performance.md thirteenth pass), hoisted elsewhere (``resolved()``).
+    # 1-12% faster, docs/performance.md thirteenth pass), hoisted elsewhere (``resolved()``).
     hoist_scalars: bool | None = None
     # Experimental (IREE marks the feature so): ``update`` and ``step`` take their transient
     # storage (Adam: 192 bytes of hoisted scalars) from the caller, a ``!hal.buffer`` after the
