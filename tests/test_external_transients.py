@@ -176,18 +176,18 @@ def test_async_cuda_modules_take_their_transients_by_default_and_nothing_else_do
 
 
 def test_an_async_cuda_module_takes_them_and_falls_back_where_iree_refuses(modules):
-    """Compiled without a GPU: Adam's async CUDA module has them (schema version 2); noisy_sgd's,
-    which IREE cannot compile with them, is compiled without and says why; asked explicitly,
-    the refusal is still an error (test_where_iree_cannot_the_compiler_says_so)."""
+    """Compiled without a GPU: Adam's async CUDA module has them (schema version 2); Adadelta's,
+    whose transient size IREE cannot make constant, is compiled without and says why; asked
+    explicitly, the refusal is still an error (test_where_iree_cannot_the_compiler_says_so)."""
     from polaris_compiler import Target
 
     art = modules.artifact("adam", dict(learning_rate=0.01), Layout.flat(size=N), target="cuda", asynchronous=True)
     assert art.manifest["target"]["external_transients"] is True and art.manifest["schema_version"] == 2
     off = modules.artifact("adam", dict(learning_rate=0.01), Layout.flat(size=N), target="cuda", asynchronous=True, external_transients=False)
     assert "external_transients" not in off.manifest["target"] and off.manifest["schema_version"] == 1
-    noisy = compile_optimizer(registry.get("noisy_sgd").build(), Layout.flat(), CompileOptions(target=Target.CUDA, asynchronous=True), name="noisy_sgd")
-    assert "external_transients" not in noisy.manifest["target"] and noisy.manifest["target"]["execution"] == "async"
-    assert any("external transients (the default for async CUDA modules" in n and "compile without it" in n for n in noisy.notes)
+    refused = compile_optimizer(registry.get("adadelta").build(), Layout.flat(), CompileOptions(target=Target.CUDA, asynchronous=True), name="adadelta")
+    assert "external_transients" not in refused.manifest["target"] and refused.manifest["target"]["execution"] == "async"
+    assert any("external transients (the default for async CUDA modules" in n and "no constant size" in n for n in refused.notes)
 
 
 def test_compile_functions_never_takes_them():
