@@ -6,6 +6,7 @@ no compiler and no frontend.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -318,3 +319,15 @@ def write_json(path: pathlib.Path, data) -> None:
 
 def say(*a) -> None:
     print(*a, file=sys.stderr, flush=True)
+
+
+def build_run_parser(doc: str, build_help: str, run_help: str):
+    """``(parser, build, run)``: a script of two commands, ``build FOLDER`` (here: compile) and
+    ``run FOLDER`` (on the device host: run what ``build`` wrote), each to take more options."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help=build_help)
+    b.add_argument("folder", type=pathlib.Path)
+    r = sub.add_parser("run", help=run_help)
+    r.add_argument("folder", type=pathlib.Path)
+    return ap, b, r

@@ -21,7 +21,6 @@ error <= 1e-6). The table is rewritten after every group, so a time limit loses 
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -155,15 +154,10 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, targ
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="compile the variants (here)")
-    b.add_argument("folder", type=pathlib.Path)
+    ap, b, r = C.build_run_parser(__doc__, "compile the variants (here)", "time them (on the device host)")
     b.add_argument("--target", default="cuda")
     b.add_argument("--adam-sizes", type=C.parse_sizes, default=list(GROUPS["adam"]))
     b.add_argument("--lamb-sizes", type=C.parse_sizes, default=list(GROUPS["lamb"]))
-    r = sub.add_parser("run", help="time them (on the device host)")
-    r.add_argument("folder", type=pathlib.Path)
     r.add_argument("--out", type=pathlib.Path, required=True)
     r.add_argument("--device", default="cuda")
     r.add_argument("--repeats", type=int, default=9)

@@ -17,7 +17,6 @@ target:
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -98,14 +97,9 @@ def run(folder: pathlib.Path, device: str, target_s: float, repeats: int = 7) ->
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="compile the modules (here)")
-    b.add_argument("folder", type=pathlib.Path)
+    ap, b, r = C.build_run_parser(__doc__, "compile the modules (here)", "time them (on the device host)")
     b.add_argument("--target", default="cuda")
     b.add_argument("--sizes", type=C.parse_sizes, default=list(SIZES))
-    r = sub.add_parser("run", help="time them (on the device host)")
-    r.add_argument("folder", type=pathlib.Path)
     r.add_argument("--device", default="cuda")
     r.add_argument("--target-s", type=float, default=0.05, help="wall time of one sample")
     args = ap.parse_args(argv)
