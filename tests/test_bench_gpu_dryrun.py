@@ -75,3 +75,15 @@ def test_the_defaults_experiment_and_the_catalog_check_dry_run(tmp_path):
     _run(BENCH / "gpu_verify.py", "--out", out, "--device", "vulkan", "--platform", "vulkan-llvmpipe", "--n", "1000")
     rows = json.loads((out / "verify.json").read_text())["rows"]
     assert len(rows) >= 7 and all(r["status"] == "pass" for r in rows), rows
+
+
+@pytest.mark.slow
+def test_the_profile_kit_dry_runs_on_the_cpu(tmp_path):
+    """bench/gpu_profile.py: every module's step runs under iree-benchmark-module with splat
+    inputs, and iree-profile reads its bundle (host-execution on the CPU; dispatch events on GPUs)."""
+    mods, out = tmp_path / "profile", tmp_path / "out"
+    _run(BENCH / "gpu_profile.py", "build", mods, "--target", "llvm-cpu")
+    _run(BENCH / "gpu_profile.py", "run", mods, "--out", out, "--device", "local-sync", "--repetitions", "1")
+    for case in json.loads((mods / "index.json").read_text())["cases"]:
+        text = (out / f"{case['label']}.txt").read_text()
+        assert "BM_step" in text and "IREE HAL device statistics" in text and "update_dispatch" in text, text[-2000:]
