@@ -240,6 +240,7 @@ def test_cuda_modules_say_what_async_gains_and_take_its_defaults(runner, tmp_pat
     assert res.exit_code == 0 and "note: cuda: every call of this module waits for the GPU" in res.output, res.output
     res = runner.invoke(cli, ["inspect", str(sync)])
     assert "note: cuda: every call of this module waits for the GPU" in res.output
+    assert "scalars: fused into the elementwise kernels" in res.output
     res = runner.invoke(cli, ["compile", "adam", "--target", "cuda", "--size", "1024", "--async", "-o", str(tmp_path / "a.vmfb")])
     assert res.exit_code == 0 and "waits for the GPU" not in res.output, res.output
     assert inspect_module(tmp_path / "a.vmfb").target["external_transients"] is True

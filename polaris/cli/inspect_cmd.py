@@ -71,6 +71,8 @@ def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) 
     click.echo(f"  target: {t.get('name')} ({t.get('backend')}; driver {t.get('driver')})")
     if t.get("execution") == "async":
         click.echo("  execution: async (every export takes a wait fence and a signal fence last; the runtime chains calls)")
+    if t.get("hoist_scalars") is False:
+        click.echo("  scalars: fused into the elementwise kernels (CompileOptions.hoist_scalars=False; the CUDA default)")
     if t.get("external_transients"):
         click.echo("  transients: update and step take their transient storage as a buffer after the arrays "
                    "(CompileOptions.external_transients, experimental; docs/abi.md)")
