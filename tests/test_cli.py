@@ -247,3 +247,20 @@ def test_cuda_modules_say_what_async_gains_and_take_its_defaults(runner, tmp_pat
     res = runner.invoke(cli, ["compile", "adam", "--target", "cuda", "--size", "1024", "--async", "--no-external-transients", "-o", str(tmp_path / "b.vmfb")])
     assert res.exit_code == 0, res.output
     assert "external_transients" not in inspect_module(tmp_path / "b.vmfb").target
+
+
+def test_inspect_of_a_cuda_tree_module_notes_packing_and_reads_scalar_leaves(runner, tmp_path):
+    """A tree module's first leaf may be a scalar; inspect names the packed --size module that
+    runs element-wise optimizers faster on CUDA (H100, GPT-2 Adam 1.32 vs 2.29 ms)."""
+    import jax
+    import jax.numpy as jnp
+
+    from polaris_compiler import CompileOptions, Layout, Target, compile_optimizer
+
+    tree = {"a": jax.ShapeDtypeStruct((), jnp.float32), "b": jax.ShapeDtypeStruct((4,), jnp.float32)}
+    art = compile_optimizer(registry.get("sgd").build(), Layout.from_tree(tree), CompileOptions(target=Target.CUDA), name="sgd")
+    assert any(n.startswith("cuda: a tree module runs one kernel per tensor") for n in art.notes)
+    path = art.save(tmp_path / "sgd-tree-cuda.vmfb")
+    res = runner.invoke(cli, ["inspect", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "note: cuda: a tree module runs one kernel per tensor" in res.output and "note: cuda: every call" in res.output

@@ -69,7 +69,9 @@ def test_layout_notes_steer_gpu_flat_modules_to_a_fixed_vectorisable_length():
     assert gpu_vector_multiple(CompileOptions(target=Target.ROCM), Target.ROCM) == 256  # gfx942: 64-wide waves
     assert gpu_vector_multiple(CompileOptions(target=Target.ROCM, rocm_arch="gfx1100"), Target.ROCM) == 128  # RDNA: wave32
     assert layout_notes(CompileOptions(target=Target.VULKAN), "flat", 10**6) == []  # SPIR-V: never vectors
-    assert layout_notes(cuda, "tree", None) == []  # static shapes already
+    (note,) = layout_notes(cuda, "tree", None)  # static shapes already, but a kernel per tensor
+    assert note.startswith("cuda: a tree module runs one kernel per tensor") and "pack(params, align=128)" in note
+    assert layout_notes(CompileOptions(target=Target.VULKAN), "tree", None) == layout_notes(cpu, "tree", None) == []
     assert layout_notes(cpu, "flat", None) == layout_notes(cpu, "flat", 10**6) == []  # the CPU vectorises any length
     both = CompileOptions(target=Target.LLVM_CPU, extra_targets=(Target.CUDA, Target.VULKAN))
     assert layout_notes(both, "flat", None)[0].startswith("cuda/vulkan:")

@@ -123,8 +123,8 @@ def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) 
 
 def _gpu_notes(m) -> list[str]:
     """The compiler's notes on a module that runs slowly on its GPU targets (a flat layout of
-    unknown length or of a length IREE does not vectorise; a synchronous CUDA module), from the
-    manifest alone."""
+    unknown length or of a length IREE does not vectorise; a tree module on CUDA; a synchronous
+    CUDA module), from the manifest alone."""
     if m.kind != "optimizer" or not m.params:
         return []
     try:
@@ -138,6 +138,9 @@ def _gpu_notes(m) -> list[str]:
                               **({"rocm_arch": t["rocm_arch"]} if "rocm_arch" in t else {}))
     except Exception:  # a target this compiler does not know
         return []
-    n = m.params[0].shape[0]
-    flat = layout_notes(opts, "flat", n if isinstance(n, int) else None, m.params[0].dtype) if m.layout == "flat" else []
-    return [*flat, *execution_notes(opts)]
+    if m.layout == "flat":
+        n = m.params[0].shape[0]
+        layout = layout_notes(opts, "flat", n if isinstance(n, int) else None, m.params[0].dtype)
+    else:
+        layout = layout_notes(opts, m.layout, None)
+    return [*layout, *execution_notes(opts)]
