@@ -3,7 +3,10 @@
 For the open GPU question of docs/gpu-session.md (LAMB 4.8-8x ``jax.jit(optax.lamb)`` on CUDA,
 thirteenth pass of docs/performance.md). ``build`` compiles the modules to profile, here, with
 the defaults a user gets: LAMB ``--size`` (the tree reduction ``auto`` picks for GPU targets) and
-``--whole-vector`` at 1000064 and 1e7, Adam ``--size`` at 1e7 for reference. ``run``, on the
+``--whole-vector`` at 1000064 and 1e7, Adam ``--size`` at 1e7 for reference; and LAMB ``--size``
+traced with ``segments.bounds_search("blocked")`` (the segment bounds in 2 serial dispatches
+instead of a 21-25-step binary search: 56 -> 39 barrier-separated stages at 1e6 on CUDA), the
+A/B that decides whether GPU targets should use it. ``run``, on the
 device host, calls each module's ``step`` with splat inputs (no data files: every value is a
 constant, the segment ids 0, which is one tensor) under ``iree-benchmark-module
 --device_profiling_mode=MODE`` and writes ``iree-profile statistics`` and ``dispatch`` of each
@@ -29,13 +32,15 @@ sys.path.insert(0, str(HERE))
 
 import _common as C  # noqa: E402
 
-# (label, optimizer key of _common.POLARIS, size, compile_optimizer keywords)
+# (label, optimizer key of _common.POLARIS, size, compile_optimizer keywords, segment bounds search)
 CASES = [
-    ("lamb-tree-1000064", "lamb", 1000064, {}),
-    ("lamb-tree-1e7", "lamb", 10**7, {}),
-    ("lamb-whole-1000064", "lamb", 1000064, {"segments": False}),
-    ("lamb-whole-1e7", "lamb", 10**7, {"segments": False}),
-    ("adam-1e7", "adam", 10**7, {}),
+    ("lamb-tree-1000064", "lamb", 1000064, {}, "binary"),
+    ("lamb-tree-blocked-1000064", "lamb", 1000064, {}, "blocked"),
+    ("lamb-tree-1e7", "lamb", 10**7, {}, "binary"),
+    ("lamb-tree-blocked-1e7", "lamb", 10**7, {}, "blocked"),
+    ("lamb-whole-1000064", "lamb", 1000064, {"segments": False}, "binary"),
+    ("lamb-whole-1e7", "lamb", 10**7, {"segments": False}, "binary"),
+    ("adam-1e7", "adam", 10**7, {}, "binary"),
 ]
 # what each driver's HAL records: device timestamps per dispatch on GPUs, host execution on the CPU
 MODES = {"cuda": "dispatch-events,device-queue-events", "hip": "dispatch-events,device-queue-events"}
@@ -50,16 +55,17 @@ def _splat(spec: dict) -> str:
 
 
 def build(folder: pathlib.Path, target: str) -> None:
-    from polaris._src import registry
+    from polaris._src import registry, segments
     from polaris_compiler import CompileOptions, Layout, Target, compile_optimizer
 
     folder.mkdir(parents=True, exist_ok=True)
     index = []
-    for label, key, n, kw in CASES:
+    for label, key, n, kw, search in CASES:
         name, options = C.POLARIS[key]
         spec = registry.get(name)
-        art = compile_optimizer(spec.build(**options), Layout.flat(size=n), CompileOptions(target=Target.parse(target)),
-                                name=name, optimizer_options={**spec.defaults(), **options}, **kw)
+        with segments.bounds_search(search):  # "blocked": 21 -> 2 serial stages for the bounds at 1e6
+            art = compile_optimizer(spec.build(**options), Layout.flat(size=n), CompileOptions(target=Target.parse(target)),
+                                    name=name, optimizer_options={**spec.defaults(), **options}, **kw)
         fname = f"{label}-{target}.vmfb"
         art.save(folder / fname)
         groups = art.manifest["groups"]

@@ -261,3 +261,50 @@ def test_cpu_devices_get_the_caching_allocator(monkeypatch):
     monkeypatch.setenv("POLARIS_DEVICE_ALLOCATOR", "arena")
     with pytest.raises(pr.DeviceError, match="'arena'.*caching, default"):
         dev.device_allocators("local-sync")
+
+
+# -- the blocked bounds search (segments.bounds_search; a GPU A/B prepared, thirteenth pass) ---
+def _check_blocked_bounds(ids: np.ndarray, num: int) -> None:
+    from polaris._src.segments import _blocked_bounds
+
+    want = np.searchsorted(ids, np.arange(num + 1), side="left")
+    np.testing.assert_array_equal(_blocked_bounds(jnp.asarray(ids, jnp.int32), num), want)
+
+
+@pytest.mark.parametrize(("n", "num", "kind"), [(1, 3, "random"), (2, 1, "zeros"), (17, 5, "past"), (1000, 40, "random"),
+                                                (4097, 7, "past"), (4097, 7, "zeros")])
+def test_blocked_bounds_equal_a_binary_search(n, num, kind):
+    """Absent segments, ids past ``num``, one id throughout; window edges (17 = 5 x 4 - 3)."""
+    rng = np.random.default_rng(n + num)
+    hi = {"random": num, "past": num + 3, "zeros": 1}[kind]
+    _check_blocked_bounds(np.sort(rng.integers(0, hi, n)), num)
+
+
+@pytest.mark.slow  # a sweep: each example traces its own shapes
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 3000), st.integers(1, 40), st.integers(0, 2**31))
+def test_blocked_bounds_property(n, num, seed):
+    rng = np.random.default_rng(seed)
+    _check_blocked_bounds(np.sort(rng.integers(0, num + rng.integers(0, 3), n)), num)
+
+
+def test_a_tree_module_traced_with_blocked_bounds_steps_bit_for_bit_like_the_binary_one(big_lamb):
+    from polaris._src import segments
+    from polaris_compiler import compile_optimizer
+
+    params, flat, packing, binary = big_lamb
+    with segments.bounds_search("blocked"):
+        art = compile_optimizer(CASES["lamb"](), Layout.flat(size=packing.size), name="lamb", segment_reduction="tree", max_segments=16)
+    blocked = pr.load(art.vmfb, device="local-task")
+    grads = [random_tree(np.random.default_rng(9), BIG) for _ in range(3)]
+    outs = []
+    for opt in (binary, blocked):
+        seg, p = opt.upload_segments(packing), flat
+        s = opt.init(p)
+        for g in grads:
+            p, s = opt.step(p, packing.pack(g), s, segments=seg)
+        outs.append(np.asarray(p.numpy()))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    with pytest.raises(ValueError, match="`method` must be one of 'binary', 'blocked'"):
+        with segments.bounds_search("linear"):
+            pass

@@ -55,7 +55,9 @@ the unit axis instead of a collapsed dimension for the same reason.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
+import math
 import threading
 from typing import Any
 
@@ -69,6 +71,43 @@ SEGMENT_ALIGN = 16  # elements per block of the "aligned" reduction
 
 _F32 = jnp.float32
 _local = threading.local()
+
+# How the "tree" reduction finds each segment's run [start, end) in non-decreasing ids:
+# "binary" (default): a binary search, log2(n) dependent gathers (21 serial dispatches at 1e6 on
+# CUDA); "blocked": two compare-and-count passes over a sqrt(n) sample and one sqrt(n) window
+# (2 dispatches, ~num_segments x 2 sqrt(n) compares). Prepared for a GPU session's A/B
+# (bench/gpu_profile.py; docs/performance.md, thirteenth pass); unmeasured on a GPU, so no target
+# uses it by default.
+BOUNDS_SEARCHES = ("binary", "blocked")
+_BOUNDS_SEARCH = contextvars.ContextVar("polaris_bounds_search", default="binary")
+
+
+@contextlib.contextmanager
+def bounds_search(method: str):
+    """Within the block, the ``"tree"`` reduction finds segment runs by ``method``
+    (:data:`BOUNDS_SEARCHES`). The bounds, and so every result, are the same either way."""
+    if method not in BOUNDS_SEARCHES:
+        raise ValueError(f"bounds_search: `method` must be one of {', '.join(map(repr, BOUNDS_SEARCHES))}, got {method!r}")
+    token = _BOUNDS_SEARCH.set(method)
+    try:
+        yield
+    finally:
+        _BOUNDS_SEARCH.reset(token)
+
+
+def _blocked_bounds(ids, num: int):
+    """``searchsorted(ids, arange(num + 1), side="left")`` for non-decreasing int32 ``ids`` of
+    static length ``n``, in two dependent passes: count the samples ``ids[::w]`` below each
+    query (w = ceil(sqrt(n))), which names the window of w elements where the first id >= k
+    lies, then count the ids below k in that window."""
+    n = ids.shape[0]
+    w = max(1, math.isqrt(n - 1) + 1) if n > 1 else 1
+    q = jnp.arange(num + 1, dtype=jnp.int32)[:, None]
+    c = jnp.sum((ids[::w][None, :] < q).astype(jnp.int32), axis=1)
+    base = jnp.maximum(c - 1, 0) * w
+    idx = base[:, None] + jnp.arange(w, dtype=jnp.int32)[None, :]
+    below = (idx < n) & (jnp.take(ids, jnp.clip(idx, 0, n - 1)) < q)
+    return jnp.where(c == 0, 0, base + jnp.sum(below.astype(jnp.int32), axis=1)).astype(jnp.int32)
 
 
 @dataclasses.dataclass
@@ -154,9 +193,12 @@ class FlatSegments:
                 f"polaris compile ... --size N) or use reduction='scatter'"
             )
         # IREE's CSE folds the searches of several reductions over the same ids into one.
-        bounds = jnp.searchsorted(
-            ids_col[:, 0], jnp.arange(self.num_segments + 1, dtype=jnp.int32), side="left", method="scan_unrolled"
-        ).astype(jnp.int32)
+        if _BOUNDS_SEARCH.get() == "blocked":
+            bounds = _blocked_bounds(ids_col[:, 0], self.num_segments)
+        else:
+            bounds = jnp.searchsorted(
+                ids_col[:, 0], jnp.arange(self.num_segments + 1, dtype=jnp.int32), side="left", method="scan_unrolled"
+            ).astype(jnp.int32)
         return bounds[:-1], bounds[1:]
 
     def broadcast(self, per_segment, kind: str = "segment_ids"):
