@@ -24,7 +24,7 @@ length ``n``. Most transforms are element-wise and do not care; a few reduce *pe
     docs/performance.md, twelfth pass).
   - ``"tree"``: ids must be **non-decreasing** (each tensor one contiguous run, in order: what
     a packing makes) and the length static. Each tensor's run ``[start, end)`` is found by a
-    binary search of the ids, and summed from a blocked pairwise tree (base 16) of the vector:
+    binary search of the ids (or two compare-and-count passes: :func:`bounds_search`), and summed from a blocked pairwise tree (base 16) of the vector:
     dense reductions plus gathers of 2 x 16 elements per tensor and level. Work is ~n plus
     ``num_segments`` x 32 x log16(n) gathered elements, exact to pairwise summation.
   - ``"aligned"``: every tensor starts at a multiple of :data:`SEGMENT_ALIGN` (16) elements, the
