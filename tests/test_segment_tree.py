@@ -162,6 +162,15 @@ def big_lamb():
     return params, flat, packing, load("lamb", Layout.flat(size=packing.size), segment_reduction="tree", max_segments=16)
 
 
+def _run_packed(opt, flat, packing, grads):
+    """The params after one step per gradient tree, from ``flat``, with ``packing``'s segments."""
+    seg, p = opt.upload_segments(packing), flat
+    s = opt.init(p)
+    for g in grads:
+        p, s = opt.step(p, packing.pack(g), s, segments=seg)
+    return p
+
+
 def test_tree_module_over_many_blocks_matches_eager_jax_and_the_scatter(big_lamb):
     params, flat, packing, tree_mod = big_lamb
     scatter_mod = load("lamb", Layout.flat(size=packing.size), segment_reduction="scatter", max_segments=16)
@@ -169,13 +178,7 @@ def test_tree_module_over_many_blocks_matches_eager_jax_and_the_scatter(big_lamb
     rng = np.random.default_rng(4)
     grads = [random_tree(rng, BIG) for _ in range(5)]
     want, _ = eager_tree_run(CASES["lamb"](), params, grads)
-    outs = []
-    for opt in (tree_mod, scatter_mod):
-        seg, p = opt.upload_segments(packing), flat
-        s = opt.init(p)
-        for g in grads:
-            p, s = opt.step(p, packing.pack(g), s, segments=seg)
-        outs.append(packing.unpack(p))
+    outs = [packing.unpack(_run_packed(opt, flat, packing, grads)) for opt in (tree_mod, scatter_mod)]
     for got in outs:
         for (name, x), (_, y) in zip(tree_leaves_with_names(got), tree_leaves_with_names(want), strict=True):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=name)
@@ -297,14 +300,8 @@ def test_a_tree_module_traced_with_blocked_bounds_steps_bit_for_bit_like_the_bin
         art = compile_optimizer(CASES["lamb"](), Layout.flat(size=packing.size), name="lamb", segment_reduction="tree", max_segments=16)
     blocked = pr.load(art.vmfb, device="local-task")
     grads = [random_tree(np.random.default_rng(9), BIG) for _ in range(3)]
-    outs = []
-    for opt in (binary, blocked):
-        seg, p = opt.upload_segments(packing), flat
-        s = opt.init(p)
-        for g in grads:
-            p, s = opt.step(p, packing.pack(g), s, segments=seg)
-        outs.append(np.asarray(p.numpy()))
-    np.testing.assert_array_equal(outs[0], outs[1])
+    a, b = (np.asarray(_run_packed(opt, flat, packing, grads).numpy()) for opt in (binary, blocked))
+    np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="`method` must be one of 'binary', 'blocked'"):
         with segments.bounds_search("linear"):
             pass
