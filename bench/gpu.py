@@ -67,13 +67,34 @@ def _smallest_state_leaf(opt) -> str:
     return specs[int(np.argmin(sizes))].name
 
 
+def one_tensor_segments(opt, flat) -> dict:
+    """``step``'s keywords for ``opt`` stepping the vector ``flat``: a flat module that sums per
+    tensor (flat LAMB) gets the whole vector as one tensor (all ids 0)."""
+    if not getattr(opt, "takes_segments", False):
+        return {}
+    return {"segments": opt.upload_segments({"segment_ids": np.zeros(flat.size, np.int32)})}
+
+
+def run_steps(path, device: str, p: np.ndarray, g: np.ndarray, steps: int) -> tuple[np.ndarray, float]:
+    """The flat module at ``path`` stepped ``steps`` times from ``p`` with the gradient ``g``:
+    ``(params as float64 on the host, seconds a step including the read-back)``."""
+    from polaris_runtime import device as dev
+
+    opt = pr.load(path, device=device)
+    kw = one_tensor_segments(opt, p)
+    s, q, gd = opt.init(p), p, [dev.upload(opt.device, g)]
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        q, s = opt.step(q, gd, s, **kw)
+    out = np.asarray(q.numpy(), np.float64)
+    return out, (time.perf_counter() - t0) / steps
+
+
 def polaris_peer(path, device, p, g) -> C.Timer:
     from polaris_runtime import device as dev
 
     opt = pr.load(path, device=device)
-    kw = {}
-    if getattr(opt, "takes_segments", False):  # flat LAMB: one tensor, all ids 0
-        kw["segments"] = opt.upload_segments({"segment_ids": np.zeros(p.size, np.int32)})
+    kw = one_tensor_segments(opt, p)
     state = opt.init(p)  # p: a flat array, or a dict tree for a tree module (g: its leaves in order)
     gd = [dev.upload(opt.device, x) for x in (g if isinstance(g, list) else [g])]
     params, state = opt.step(p, gd, state, **kw)

@@ -103,24 +103,15 @@ def async_peer(path, device, p, g) -> C.Timer:
 
 def check(sync_path, async_path, device, n, steps=10) -> dict:
     """The async module's params after ``steps`` steps vs the sync module's, same start."""
-    import polaris_runtime as pr
-    from polaris_runtime import device as dev
-
     rng = np.random.default_rng(7)
     p = rng.standard_normal(n, dtype=np.float32)
     g = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-2)
-    opt = pr.load(sync_path, device=device)
-    s = opt.init(p)
-    gd = [dev.upload(opt.device, g)]
-    q = p
-    for _ in range(steps):
-        q, s = opt.step(q, gd, s)
-    ref = np.asarray(q.numpy())  # a flat module's params: one array
+    ref, _ = G.run_steps(sync_path, device, p, g, steps)
     a = _Async(async_path, device, p, g)
     for _ in range(steps):
         a.step()
     got = a.params()
-    rel = float(np.linalg.norm(got.astype(np.float64) - ref) / np.linalg.norm(ref.astype(np.float64)))
+    rel = float(np.linalg.norm(got.astype(np.float64) - ref) / np.linalg.norm(ref))
     return {"n": n, "steps": steps, "rel_error": rel, "pass": bool(rel <= 1e-6 and not np.isnan(got).any())}
 
 

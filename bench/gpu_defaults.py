@@ -78,24 +78,17 @@ def build(folder: pathlib.Path, target: str, groups: dict) -> None:
 
 def _check(paths: dict, device: str, n: int, steps: int = 5) -> dict:
     """Every variant's params after ``steps`` steps, relative L2 error against the ``sync`` one's."""
-    import polaris_runtime as pr
-    from polaris_runtime import device as dev
+    import gpu as G
 
     rng = np.random.default_rng(7)
     p = rng.standard_normal(n, dtype=np.float32)
     g = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-2)
     out, ref = {}, None
     for label, path in paths.items():
-        opt = pr.load(path, device=device)
-        kw = {"segments": opt.upload_segments({"segment_ids": np.zeros(n, np.int32)})} if opt.takes_segments else {}
-        s, q, gd = opt.init(p), p, [dev.upload(opt.device, g)]
-        for _ in range(steps):
-            q, s = opt.step(q, gd, s, **kw)
-        got = np.asarray(q.numpy(), np.float64)
+        got, _ = G.run_steps(path, device, p, g, steps)
         if ref is None:
             ref = got
         out[label] = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
-        del opt, s, q, gd
     return out
 
 

@@ -21,7 +21,6 @@ import argparse
 import json
 import pathlib
 import sys
-import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -34,20 +33,6 @@ import gpu as G  # noqa: E402  (puts the runtime on the path where it is not ins
 
 
 SUMS_PER_TENSOR = ("lamb", "lars", "fromage")  # their flat modules take segment ids
-
-
-def _run(path, device, p, g, steps):
-    import polaris_runtime as pr
-    from polaris_runtime import device as dev
-
-    opt = pr.load(path, device=device)
-    kw = {"segments": opt.upload_segments({"segment_ids": np.zeros(p.size, np.int32)})} if opt.takes_segments else {}
-    s, q, gd = opt.init(p), p, [dev.upload(opt.device, g)]
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        q, s = opt.step(q, gd, s, **kw)
-    out = np.asarray(q.numpy(), np.float64)
-    return out, (time.perf_counter() - t0) / steps
 
 
 def catalog(platform: str, device: str, n: int = 10**6, steps: int = 10) -> list[dict]:
@@ -63,8 +48,8 @@ def catalog(platform: str, device: str, n: int = 10**6, steps: int = 10) -> list
         row = {"optimizer": opt, "file": e["file"], "hoist_scalars": e["target"].get("hoist_scalars", True)}
         tol = 1e-4 if e.get("segments") or opt in SUMS_PER_TENSOR else 1e-6
         try:
-            ref, _ = _run(ROOT / "artifacts" / by[(opt, "x86_64")]["file"], "local-task", p, g, steps)
-            got, per_step = _run(ROOT / "artifacts" / e["file"], device, p, g, steps)
+            ref, _ = G.run_steps(ROOT / "artifacts" / by[(opt, "x86_64")]["file"], "local-task", p, g, steps)
+            got, per_step = G.run_steps(ROOT / "artifacts" / e["file"], device, p, g, steps)
             rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
             row.update(rel_error=rel, nans=int(np.isnan(got).sum()), step_s=per_step, tol=tol, status="pass" if rel <= tol and not np.isnan(got).any() else "FAIL")
         except Exception as ex:  # one module's failure is a result too
@@ -77,10 +62,8 @@ def catalog(platform: str, device: str, n: int = 10**6, steps: int = 10) -> list
 def tree_timing(paths: list[str], device: str, repeats: int = 9, target_s: float = 0.05) -> list[list[str]]:
     shapes = C.gpt2_shapes(1)
     host_p, host_g = C.gpt2_data(shapes, np.random.default_rng(1))
-    import polaris_runtime as pr
-
-    p_leaves = list(pr.flatten_names(host_p).values())
-    g_leaves = list(pr.flatten_names(host_g).values())
+    p_leaves = list(G.pr.flatten_names(host_p).values())
+    g_leaves = list(G.pr.flatten_names(host_g).values())
     make = {f"polaris tree ({pathlib.Path(x).stem})": (lambda x=x: G.polaris_peer(x, device, host_p, g_leaves)) for x in paths}
     make["torch fused"] = lambda: G.torch_peer("adam", "fused", p_leaves, g_leaves)
     make["jax"] = lambda: G.jax_peer("adam", "gpu", host_p, host_g)

@@ -24,8 +24,9 @@ length ``n``. Most transforms are element-wise and do not care; a few reduce *pe
     docs/performance.md, twelfth pass).
   - ``"tree"``: ids must be **non-decreasing** (each tensor one contiguous run, in order: what
     a packing makes) and the length static. Each tensor's run ``[start, end)`` is found by a
-    binary search of the ids (or two compare-and-count passes: :func:`bounds_search`), and summed from a blocked pairwise tree (base 16) of the vector:
-    dense reductions plus gathers of 2 x 16 elements per tensor and level. Work is ~n plus
+    binary search of the ids (or two compare-and-count passes: :func:`bounds_search`), and
+    summed from a blocked pairwise tree (base 16) of the vector: dense reductions plus gathers
+    of 2 x 16 elements per tensor and level. Work is ~n plus
     ``num_segments`` x 32 x log16(n) gathered elements, exact to pairwise summation.
   - ``"aligned"``: every tensor starts at a multiple of :data:`SEGMENT_ALIGN` (16) elements, the
     packing padding each one with zeros (``polaris_runtime.pack.pack(tree, align=16)``). The
@@ -64,6 +65,8 @@ from typing import Any
 import jax.numpy as jnp
 from jax import lax
 
+from polaris._src.tree_utils import _setting  # (tree_utils imports this module only inside functions)
+
 DEFAULT_MAX_SEGMENTS = 4096
 DEFAULT_MAX_ROWS = 1 << 20
 SEGMENT_REDUCTIONS = ("scatter", "tree", "aligned")
@@ -82,17 +85,12 @@ BOUNDS_SEARCHES = ("binary", "blocked")
 _BOUNDS_SEARCH = contextvars.ContextVar("polaris_bounds_search", default="binary")
 
 
-@contextlib.contextmanager
 def bounds_search(method: str):
     """Within the block, the ``"tree"`` reduction finds segment runs by ``method``
     (:data:`BOUNDS_SEARCHES`). The bounds, and so every result, are the same either way."""
     if method not in BOUNDS_SEARCHES:
         raise ValueError(f"bounds_search: `method` must be one of {', '.join(map(repr, BOUNDS_SEARCHES))}, got {method!r}")
-    token = _BOUNDS_SEARCH.set(method)
-    try:
-        yield
-    finally:
-        _BOUNDS_SEARCH.reset(token)
+    return _setting(_BOUNDS_SEARCH, method)
 
 
 def _blocked_bounds(ids, num: int):
@@ -101,7 +99,7 @@ def _blocked_bounds(ids, num: int):
     query (w = ceil(sqrt(n))), which names the window of w elements where the first id >= k
     lies, then count the ids below k in that window."""
     n = ids.shape[0]
-    w = max(1, math.isqrt(n - 1) + 1) if n > 1 else 1
+    w = math.isqrt(n - 1) + 1  # ceil(sqrt(n)), n >= 1
     q = jnp.arange(num + 1, dtype=jnp.int32)[:, None]
     c = jnp.sum((ids[::w][None, :] < q).astype(jnp.int32), axis=1)
     base = jnp.maximum(c - 1, 0) * w
