@@ -18,6 +18,8 @@ Peers per optimizer and size (1e6, 1e7, 1e8 by default):
   default there); ``polaris fixed hoisted``: the fixed module with its scalars in dispatches of
   their own (``CompileOptions(hoist_scalars=True)``: Adam 2 -> 5 dispatches); ``polaris fixed padded (N)``: where n is not a length IREE vectorises (1e6 on
   CUDA: one float per thread), the fixed module for n zero-padded to N (1000064: 128-bit loads);
+  ``polaris fixed async`` and ``polaris fixed padded async (N)``: the same, compiled with
+  ``--async`` (on CUDA with the step's transient storage passed in), the fastest form measured;
   ``iree-bare``: the flat module's ``step`` through IREE's
   FunctionInvoker;
 * ``torch fused`` / ``torch foreach``: ``torch.optim.Adam(fused=True)`` / ``(foreach=True)``
@@ -440,6 +442,15 @@ def main(argv=None) -> int:
             if "polaris-fixed" in peers and padded:  # ... zero-padded to a length IREE vectorises
                 pp, gp = (np.pad(x, (0, padded["size"] - n)) for x in (p, g))
                 make[f"polaris fixed padded ({padded['size']})"] = lambda: polaris_peer(args.modules / padded["file"], args.device, pp, gp)
+            # ... compiled with --async (on CUDA its transient storage passed in: what `polaris compile --async` builds)
+            fixed_async = index["modules"][key].get("fixed_async_ext", {}).get(str(n))
+            if "polaris-fixed" in peers and fixed_async:
+                make["polaris fixed async"] = lambda: polaris_peer(args.modules / fixed_async, args.device, p, g)
+            padded_async = index["modules"][key].get("fixed_padded_async", {}).get(str(n))
+            if "polaris-fixed" in peers and padded_async:
+                pa, ga = (np.pad(x, (0, padded_async["size"] - n)) for x in (p, g))
+                make[f"polaris fixed padded async ({padded_async['size']})"] = lambda: polaris_peer(
+                    args.modules / padded_async["file"], args.device, pa, ga)
             if "iree-bare" in peers:
                 make["iree-bare"] = lambda: bare_peer(path, args.device, p, g)
             add_peers(make, key, peers, on_gpu and have_torch_cuda, (p, g), (p, g), "gpu" if on_gpu else "cpu")
