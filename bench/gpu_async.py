@@ -45,7 +45,11 @@ import gpu as G  # noqa: E402  (peers, device facts; imports polaris_runtime)
 class _Async:
     """A fixed-length module's ``step`` with coarse fences: ``step()`` queues and returns."""
 
-    def __init__(self, path, device: str, p: np.ndarray, g: np.ndarray):
+    def __init__(self, path, device: str, p: np.ndarray, g: np.ndarray, chained: bool = True):
+        # chained=False: every step's wait fence is value 0 (already reached), so nothing orders
+        # the steps but the driver's queue itself (IREE's CUDA HAL: one stream). Not a valid way
+        # to call a module (IREE promises no order without fences); an experiment of gpu_percall.py
+        self.chained = chained
         import iree.runtime as rt
         from polaris_runtime import device as dev
 
@@ -63,7 +67,10 @@ class _Async:
 
         self.transients = _transient_buffer(self.vm, "step", cfg.device, str(path))
         pv, self.gv = dev.upload(cfg.device, p)._buffer_view, dev.upload(cfg.device, g)._buffer_view
-        state = self._call("init", [pv], 4)
+        import polaris_runtime as pr
+
+        self.n_state = len(pr.inspect_module(pathlib.Path(path).read_bytes()).group("state"))
+        state = self._call("init", [pv], self.n_state)
         self.wait()
         state = [dev.upload(cfg.device, np.asarray(rt.DeviceArray(cfg.device, v).to_host()))._buffer_view for v in state]
         self.views, self.device = [pv, self.gv, *state], cfg.device
@@ -75,7 +82,7 @@ class _Async:
             args.push_ref(v)
         if fname == "step" and self.transients is not None:
             args.push_ref(self.transients)
-        args.push_ref(rt.HalFence.create_at(self.sem, self.t))
+        args.push_ref(rt.HalFence.create_at(self.sem, self.t if self.chained or fname != "step" else 0))
         args.push_ref(rt.HalFence.create_at(self.sem, self.t + 1))
         ret = rt.VmVariantList(n_out)
         self.ctx.vm_context.invoke(self.vm.lookup_function(fname), args, ret)
@@ -83,7 +90,7 @@ class _Async:
         return [ret.get_as_object(j, rt.HalBufferView) for j in range(n_out)]
 
     def step(self):
-        out = self._call("step", self.views, 5)
+        out = self._call("step", self.views, 1 + self.n_state)
         self.views = [out[0], self.gv, *out[1:]]
 
     def wait(self):
@@ -94,8 +101,8 @@ class _Async:
         return np.asarray(self.rt.DeviceArray(self.device, self.views[0]).to_host())
 
 
-def async_peer(path, device, p, g) -> C.Timer:
-    a = _Async(path, device, p, g)
+def async_peer(path, device, p, g, chained: bool = True) -> C.Timer:
+    a = _Async(path, device, p, g, chained)
     t = C.Timer(a.step, a.wait)
     t.keep = a
     return t

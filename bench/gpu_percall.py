@@ -20,8 +20,11 @@ never run on a GPU: its correctness is checked here too).
 Runtime flags (``run``, on the device host, each set in a fresh process since the CUDA driver
 reads them when it is created): IREE's defaults; ``--cuda_use_streams=false`` (CUDA graphs);
 ``--cuda_allow_inline_execution=true``; ``--cuda_async_allocations=false``. torch fused Adam and
-``jax.jit(optax)`` run in the defaults' process. Every Adam variant's parameters after 5 steps
-are compared with the sync module's (relative L2 error <= 1e-6).
+``jax.jit(optax)`` run in every process (``x torch fused``: against the torch of the same process;
+``--rounds 2`` runs every set twice, for the spread between processes). The async Adam and SGD
+modules are also called bare (``gpu_async._Async``), fences chained and with no wait at all (an
+invalid call that only a one-stream driver orders: what the chaining costs). Every variant's
+parameters after 5 steps are compared with the sync module's (relative L2 error <= 1e-6).
 
     python bench/gpu_percall.py build out/gpu-percall                          # here
     python bench/gpu_percall.py run out/gpu-percall --out OUT --device cuda   # on the GPU host
@@ -56,6 +59,7 @@ CASES = [
     ("adam sync 1e7", "adam", 10**7, {}, ()),
     ("adam async 1e7", "adam", 10**7, {"asynchronous": True}, ()),
 ]
+BARE = ("adam async", "sgd_momentum async")  # also called bare (gpu_async._Async): chained fences, and no wait at all
 FLAG_VARIANTS = {
     "defaults": [],
     "graphs": ["--cuda_use_streams=false"],
@@ -107,6 +111,12 @@ def _measure(timer, repeats: int, target_s: float, latency_calls: int = 60) -> d
     return {"step": statistics.median(steps), "enqueue": statistics.median(enq), "latency": statistics.median(lat), "calls": n}
 
 
+def _add(rows: list, row: dict) -> None:
+    rows.append(row)
+    C.say(f"  {row['case']} {C.fmt_size(row['n'])}: " + (row.get("error") or (
+        f"step {C.fmt_time(row['step'])}, enqueue {C.fmt_time(row['enqueue'])}, latency {C.fmt_time(row['latency'])}")))
+
+
 def _variant(folder: pathlib.Path, device: str, flags: list[str], out: pathlib.Path, repeats: int, target_s: float) -> None:
     """Child process: every case (and, with IREE's default flags, the peers) under ``flags``."""
     import iree.runtime as rt
@@ -143,12 +153,29 @@ def _variant(folder: pathlib.Path, device: str, flags: list[str], out: pathlib.P
             row.update(_measure(G.polaris_peer(path, device, p, g), repeats, target_s))
         except Exception as e:  # a failing case is a result: recorded, the others go on
             row["error"] = f"{type(e).__name__}: {e}"[:300]
-        rows.append(row)
-        C.say(f"  {case['label']}: " + (row.get("error") or f"step {C.fmt_time(row['step'])}, enqueue {C.fmt_time(row['enqueue'])}, latency {C.fmt_time(row['latency'])}"))
+        _add(rows, row)
         save()
         G._free()
-    if flags:
-        return
+        if case["label"] in BARE:  # the same module called bare, fences chained or not
+            import gpu_async as A
+
+            for chained in (True, False):
+                label = f"{case['label']}, bare, {'chained' if chained else 'no wait'}"
+                row = {"case": label, "key": case["key"], "n": case["n"]}
+                try:
+                    a = A._Async(path, device, p, g, chained)
+                    for _ in range(5):
+                        a.step()
+                    got = a.params().astype(np.float64)
+                    ref = refs[(case["key"], case["n"])]
+                    row["rel_error"] = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+                    del a
+                    row.update(_measure(A.async_peer(path, device, p, g, chained), repeats, target_s))
+                except Exception as e:
+                    row["error"] = f"{type(e).__name__}: {e}"[:300]
+                _add(rows, row)
+                save()
+                G._free()
     for n in sorted(data):
         p, g = data[n]
         peers = {"jax.jit(optax)": lambda: G.jax_peer("adam", "gpu" if on_gpu else "cpu", p, g)}
@@ -160,13 +187,12 @@ def _variant(folder: pathlib.Path, device: str, flags: list[str], out: pathlib.P
                 row.update(_measure(make(), repeats, target_s))
             except Exception as e:
                 row["error"] = f"{type(e).__name__}: {e}"[:300]
-            rows.append(row)
-            C.say(f"  {label} {C.fmt_size(n)}: " + (row.get("error") or f"step {C.fmt_time(row['step'])}, enqueue {C.fmt_time(row['enqueue'])}, latency {C.fmt_time(row['latency'])}"))
+            _add(rows, row)
             save()
             G._free()
 
 
-def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, target_s: float, timeout: float) -> int:
+def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, target_s: float, timeout: float, rounds: int = 1) -> int:
     import gpu as G
 
     out.mkdir(parents=True, exist_ok=True)
@@ -176,8 +202,9 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, targ
             "versions": C.versions("iree-base-runtime", "numpy", "torch", "jax", "jaxlib", "optax")}
     variants = FLAG_VARIANTS if device == "cuda" else {"defaults": []}
     table, ok = [], True
-    for vlabel, flags in variants.items():
-        part = out / f"percall-{vlabel.replace(' ', '-')}.json"
+    rounds_of = [(f"{v}{'' if rounds == 1 else f' #{i + 1}'}", flags) for i in range(rounds) for v, flags in variants.items()]
+    for vlabel, flags in rounds_of:
+        part = out / f"percall-{vlabel.replace(' ', '-').replace('#', '')}.json"
         t0 = time.perf_counter()
         try:
             r = subprocess.run([sys.executable, __file__, "_variant", str(folder), device, json.dumps(flags), str(part), str(repeats), str(target_s)],
@@ -194,7 +221,7 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, targ
         table += rows
         if status != "ok":
             table.append({"flags": vlabel, "case": "(process)", "error": status})
-    torch_at = {r["n"]: r["step"] for r in table if r.get("case") == "torch fused" and "step" in r}
+    torch_at = {(r["flags"], r["n"]): r["step"] for r in table if r.get("case") == "torch fused" and "step" in r}
     lines = [f"# Per-call cost: {info['date']}, {info['gpu']} ({device})", "",
              f"- runtime side: {info['versions']}; modules built with {info['built_with']}",
              "- step: (N steps + one sync) / N; enqueue: the N calls before the sync, / N; latency: one call + one sync (medians)",
@@ -204,7 +231,7 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, targ
         if "error" in r:
             lines.append(f"| {r['flags']} | {r['case']} | {C.fmt_size(r['n']) if 'n' in r else ''} | error: {r['error'][:160]} | | | | |")
             continue
-        tf, err = torch_at.get(r["n"]), r.get("rel_error")
+        tf, err = torch_at.get((r["flags"], r["n"])), r.get("rel_error")
         x_torch = "" if tf is None else f"{r['step'] / tf:.2f}"
         rel = "" if err is None else f"{err:.1e}"
         lines.append(f"| {r['flags']} | {r['case']} | {C.fmt_size(r['n'])} | {C.fmt_time(r['step'])} | {C.fmt_time(r['enqueue'])} | "
@@ -227,11 +254,12 @@ def main(argv=None) -> int:
     r.add_argument("--repeats", type=int, default=9)
     r.add_argument("--target-s", type=float, default=0.03)
     r.add_argument("--timeout", type=float, default=100.0, help="seconds per set of runtime flags")
+    r.add_argument("--rounds", type=int, default=1, help="times through the sets of flags (each a fresh process: the spread between processes)")
     args = ap.parse_args(argv)
     if args.cmd == "build":
         build(args.folder, args.target)
         return 0
-    return run(args.folder, args.out, args.device, args.repeats, args.target_s, args.timeout)
+    return run(args.folder, args.out, args.device, args.repeats, args.target_s, args.timeout, args.rounds)
 
 
 if __name__ == "__main__":
