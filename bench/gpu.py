@@ -19,7 +19,9 @@ Peers per optimizer and size (1e6, 1e7, 1e8 by default):
   their own (``CompileOptions(hoist_scalars=True)``: Adam 2 -> 5 dispatches); ``polaris fixed padded (N)``: where n is not a length IREE vectorises (1e6 on
   CUDA: one float per thread), the fixed module for n zero-padded to N (1000064: 128-bit loads);
   ``polaris fixed async`` and ``polaris fixed padded async (N)``: the same, compiled with
-  ``--async`` (on CUDA with the step's transient storage passed in), the fastest form measured;
+  ``--async`` (on CUDA with the step's transient storage passed in); ``... async stream``: those
+  loaded with ``order="stream"`` (no call waits for the one before it: the CUDA stream orders
+  them), after a check that many steps give the same parameters as ``order="fences"``;
   ``iree-bare``: the flat module's ``step`` through IREE's
   FunctionInvoker;
 * ``torch fused`` / ``torch foreach``: ``torch.optim.Adam(fused=True)`` / ``(foreach=True)``
@@ -77,12 +79,12 @@ def one_tensor_segments(opt, flat) -> dict:
     return {"segments": opt.upload_segments({"segment_ids": np.zeros(flat.size, np.int32)})}
 
 
-def run_steps(path, device: str, p: np.ndarray, g: np.ndarray, steps: int) -> tuple[np.ndarray, float]:
+def run_steps(path, device: str, p: np.ndarray, g: np.ndarray, steps: int, order: str = "fences") -> tuple[np.ndarray, float]:
     """The flat module at ``path`` stepped ``steps`` times from ``p`` with the gradient ``g``:
     ``(params as float64 on the host, seconds a step including the read-back)``."""
     from polaris_runtime import device as dev
 
-    opt = pr.load(path, device=device)
+    opt = pr.load(path, device=device, order=order)
     kw = one_tensor_segments(opt, p)
     s, q, gd = opt.init(p), p, [dev.upload(opt.device, g)]
     t0 = time.perf_counter()
@@ -92,10 +94,24 @@ def run_steps(path, device: str, p: np.ndarray, g: np.ndarray, steps: int) -> tu
     return out, (time.perf_counter() - t0) / steps
 
 
-def polaris_peer(path, device, p, g) -> C.Timer:
+def stream_check(info: dict, path, device: str, p: np.ndarray, g: np.ndarray) -> None:
+    """``order="stream"`` against ``order="fences"``: the same module, the same start, many steps;
+    the largest difference of the parameters goes to ``info["notes"]`` (0 expected: same kernels)."""
+    steps = 1000 if p.size <= 10**6 else 100 if p.size <= 10**7 else 20
+    try:
+        ref, _ = run_steps(path, device, p, g, steps)
+        got, _ = run_steps(path, device, p, g, steps, order="stream")
+        note = f"order='stream' vs 'fences', {pathlib.Path(path).name}, {steps} steps: max |diff| {float(np.abs(got - ref).max()):.1e}"
+    except Exception as e:
+        note = f"order='stream' check of {pathlib.Path(path).name} failed: {type(e).__name__}: {e}"[:300]
+    info["notes"].append(note)
+    C.say("  " + note)
+
+
+def polaris_peer(path, device, p, g, order: str = "fences") -> C.Timer:
     from polaris_runtime import device as dev
 
-    opt = pr.load(path, device=device)
+    opt = pr.load(path, device=device, order=order)
     kw = one_tensor_segments(opt, p)
     state = opt.init(p)  # p: a flat array, or a dict tree for a tree module (g: its leaves in order)
     gd = [dev.upload(opt.device, x) for x in (g if isinstance(g, list) else [g])]
@@ -317,11 +333,13 @@ def gpt2_group(args, info, index, opts, floor, on_gpu, results, key, flat_path, 
         make["polaris tree"] = lambda: polaris_peer(tree_path, args.device, host_p, g_leaves)
         make["polaris flat"] = lambda: polaris_peer(flat_path, args.device, np.concatenate([a.ravel() for a in p_leaves]),
                                                     np.concatenate([a.ravel() for a in g_leaves]))
-        for label, k in (("polaris flat fixed", "flat_fixed"), ("polaris flat fixed async", "flat_fixed_async")):
-            if tree.get(k):  # the model packed, one fixed-length module: one kernel (sync, async)
-                make[label] = lambda k=k: polaris_peer(args.modules / tree[k], args.device,
-                                                       np.concatenate([a.ravel() for a in p_leaves]),
-                                                       np.concatenate([a.ravel() for a in g_leaves]))
+        flat_p, flat_g = np.concatenate([a.ravel() for a in p_leaves]), np.concatenate([a.ravel() for a in g_leaves])
+        if tree.get("flat_fixed_async") and "polaris-stream" in peers:
+            stream_check(info, args.modules / tree["flat_fixed_async"], args.device, flat_p, flat_g)
+        for label, k, order in (("polaris flat fixed", "flat_fixed", "fences"), ("polaris flat fixed async", "flat_fixed_async", "fences"),
+                                ("polaris flat fixed async stream", "flat_fixed_async", "stream")):
+            if tree.get(k) and (order == "fences" or "polaris-stream" in peers):  # the model packed, one fixed-length module
+                make[label] = lambda k=k, order=order: polaris_peer(args.modules / tree[k], args.device, flat_p, flat_g, order)
     add_peers(make, key, peers, on_gpu and have_torch_cuda, (p_leaves, g_leaves), (host_p, host_g), "gpu" if on_gpu else "cpu")
     label = f"gpt2{'' if tree['div'] == 1 else '/' + str(tree['div'])} tree ({len(p_leaves)} tensors)"
     measure(args, info, index, opts, floor, on_gpu, results, key, n, label, make)
@@ -388,7 +406,7 @@ def main(argv=None) -> int:
     ap.add_argument("--optimizers", type=C.parse_optimizers, default=None)
     ap.add_argument("--repeats", type=int, default=15, help="samples per peer (a third at 1e8)")
     ap.add_argument("--target-s", type=float, default=0.05, help="wall time of one sample")
-    ap.add_argument("--peers", default="polaris,polaris-fixed,iree-bare,torch-fused,torch-foreach,jax,gpt2",
+    ap.add_argument("--peers", default="polaris,polaris-fixed,polaris-stream,iree-bare,torch-fused,torch-foreach,jax,gpt2",
                     help="peers, and gpt2 for the many-tensor group of optimizers that have a GPT-2 tree module")
     args = ap.parse_args(argv)
 
@@ -447,10 +465,19 @@ def main(argv=None) -> int:
             if "polaris-fixed" in peers and fixed_async:
                 make["polaris fixed async"] = lambda: polaris_peer(args.modules / fixed_async, args.device, p, g)
             padded_async = index["modules"][key].get("fixed_padded_async", {}).get(str(n))
-            if "polaris-fixed" in peers and padded_async:
+            if padded_async:
                 pa, ga = (np.pad(x, (0, padded_async["size"] - n)) for x in (p, g))
+            if "polaris-fixed" in peers and padded_async:
                 make[f"polaris fixed padded async ({padded_async['size']})"] = lambda: polaris_peer(
                     args.modules / padded_async["file"], args.device, pa, ga)
+            # ... loaded with order="stream" (no call waits for the one before; the CUDA stream orders them)
+            if "polaris-stream" in peers and fixed_async:
+                stream_check(info, args.modules / fixed_async, args.device, p, g)
+                make["polaris fixed async stream"] = lambda: polaris_peer(args.modules / fixed_async, args.device, p, g, "stream")
+            if "polaris-stream" in peers and padded_async:
+                stream_check(info, args.modules / padded_async["file"], args.device, pa, ga)
+                make[f"polaris fixed padded async stream ({padded_async['size']})"] = lambda: polaris_peer(
+                    args.modules / padded_async["file"], args.device, pa, ga, "stream")
             if "iree-bare" in peers:
                 make["iree-bare"] = lambda: bare_peer(path, args.device, p, g)
             add_peers(make, key, peers, on_gpu and have_torch_cuda, (p, g), (p, g), "gpu" if on_gpu else "cpu")

@@ -89,7 +89,8 @@ def _release_plans_at_exit() -> None:
 class Module:
     """A loaded ``.vmfb``: its manifest, its device and its exported functions."""
 
-    def __init__(self, vm_module: rt.VmModule, manifest: Manifest, config: rt.Config, driver: str, path: str):
+    def __init__(self, vm_module: rt.VmModule, manifest: Manifest, config: rt.Config, driver: str, path: str,
+                 order: str = "fences"):
         self.manifest = manifest
         self.driver = driver
         self.path = path
@@ -119,6 +120,10 @@ class Module:
                 f"directly (unexpected iree.abi reflection); recompile it without --async"
             )
         self._sem = config.device.create_semaphore(0) if self._asynchronous else None
+        self.order = _check_order(order, self._asynchronous, driver, path)
+        # order="stream": every call waits for value 0 (reached at once) instead of the call before
+        # it; the driver's one queue orders them (load's docstring)
+        self._no_wait = rt.HalFence.create_at(self._sem, 0) if self.order == "stream" else None
         # Functions compiled with externalized transients (CompileOptions.external_transients)
         # take their transient storage as a buffer after the arrays (before an async call's
         # fences): one per function, allocated here and passed to every call. Calls of a module
@@ -168,7 +173,8 @@ class Module:
             return None
         t = self._tick
         self._tick = t + 1
-        return rt.HalFence.create_at(self._sem, t), rt.HalFence.create_at(self._sem, t + 1)
+        wait = self._no_wait if self._no_wait is not None else rt.HalFence.create_at(self._sem, t)
+        return wait, rt.HalFence.create_at(self._sem, t + 1)
 
     def _invoke(self, fname: str, function, args: rt.VmVariantList, ret: rt.VmVariantList) -> None:
         """Invokes ``function`` with ``args`` (call under ``_lock``): every direct call of an export
@@ -181,6 +187,8 @@ class Module:
         try:
             self._context.vm_context.invoke(function, args, ret)
         except IREE_ERRORS as e:
+            if fences is not None and self._no_wait is not None:  # unblock after the call before it
+                fences = (rt.HalFence.create_at(self._sem, self._tick - 1), fences[1])
             _unblock(fences)
             raise failed_inside_iree(fname, self.driver, e) from None
 
@@ -393,6 +401,33 @@ def _unblock(fences) -> None:
         fences[1].signal()
     except Exception:  # already signalled (or failed): nothing is left waiting on it
         pass
+
+
+ORDERS = ("fences", "stream")
+# drivers that run a module's submissions in the order they are made, each after the one before:
+# IREE's CUDA HAL issues every submission that waits for nothing onto its one CUstream at once
+# (IREE 3.13; an H100 ran 1000 Adam steps this way bit-identical to fence-chained ones,
+# docs/performance.md, fourteenth pass); local-sync runs each call to the end on the caller's
+# thread. local-task, Vulkan and HIP may finish them out of order.
+STREAM_ORDERED_DRIVERS = ("cuda", "local-sync")
+
+
+def _check_order(order: str, asynchronous: bool, driver: str, path: str) -> str:
+    if order not in ORDERS:
+        raise ValueError(f"order={order!r} is not an ordering polaris knows; use one of: {', '.join(ORDERS)}")
+    if order == "stream":
+        if not asynchronous:
+            raise ModuleError(
+                f"{path}: order='stream' is for modules compiled with --async (a synchronous module's "
+                f"calls already finish before they return); recompile with --async, or leave order as 'fences'"
+            )
+        base = driver.split("://")[0]
+        if base not in STREAM_ORDERED_DRIVERS:
+            raise ModuleError(
+                f"order='stream' needs a driver that runs submissions in the order they are made "
+                f"({', '.join(STREAM_ORDERED_DRIVERS)}); {driver!r} may finish them out of order: leave order as 'fences'"
+            )
+    return order
 
 
 def _check_non_decreasing(fname: str, ids: np.ndarray, reduction: str = "tree", unit: str = "element") -> None:
@@ -816,13 +851,20 @@ def _iree_version() -> str:
         return "unknown"
 
 
-def load(path_or_bytes, device: str | None = None) -> Module:
+def load(path_or_bytes, device: str | None = None, *, order: str = "fences") -> Module:
     """Loads a polaris-iree module.
 
     Args:
       path_or_bytes: a ``.vmfb`` path or its bytes.
       device: an IREE driver name (``local-task``, ``local-sync``, ``cuda``, ``vulkan``, ...);
         default: the driver for the module's own target.
+      order: how the calls of a module compiled with ``--async`` are ordered on the device.
+        ``"fences"`` (default): each call waits for the one before it (a fence on one timeline
+        semaphore), what IREE promises. ``"stream"``: no call waits; the driver's queue orders
+        them. Only where the driver runs submissions in the order they are made (``cuda``, whose
+        HAL has one CUDA stream, and ``local-sync``); on CUDA it takes 15-25 us off each step
+        (an H100, Adam at 1e6: docs/performance.md, fourteenth pass). It relies on how IREE's
+        CUDA HAL works, not on what it promises: checked on IREE 3.13.
 
     Returns:
       An :class:`Optimizer` for optimizer modules, a :class:`Module` for function modules.
@@ -836,4 +878,4 @@ def load(path_or_bytes, device: str | None = None) -> Module:
     cfg = dev.config_for(driver)
     vm = _vm_module(cfg.vm_instance, data, where)
     cls = Optimizer if manifest.kind == "optimizer" else Module
-    return cls(vm, manifest, cfg, driver, where)
+    return cls(vm, manifest, cfg, driver, where, order)
