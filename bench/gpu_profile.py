@@ -98,9 +98,11 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, mode: str | None, 
             if bench.returncode != 0 and profiling and "profiling is not implemented" in bench.stderr:
                 # IREE 3.13's CUDA HAL has no profiler (H100, 2026-11-26): the step's time alone
                 text += [f"(no HAL profiler for {device} in this runtime: {bench.stderr.strip().splitlines()[-1][:200]})", ""]
-                bench = _tool("iree_benchmark_module", *args, timeout=timeout)
+                bench, profiling = _tool("iree_benchmark_module", *args, timeout=timeout), []
             text += ["## iree-benchmark-module", "", bench.stdout[-3000:], bench.stderr[-2000:]]
-            if bench.returncode == 0 and bundle.exists():
+            if bench.returncode == 0 and not profiling:
+                pass  # timings only (no profiler): nothing more to project
+            elif bench.returncode == 0 and bundle.exists():
                 for cmd in ("statistics", "dispatch"):
                     res = _tool("iree_profile", cmd, str(bundle), timeout=timeout)
                     text += [f"## iree-profile {cmd}", "", res.stdout[-12000:], res.stderr[-1000:]]

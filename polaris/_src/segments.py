@@ -78,9 +78,9 @@ _local = threading.local()
 # How the "tree" reduction finds each segment's run [start, end) in non-decreasing ids:
 # "binary" (default): a binary search, log2(n) dependent gathers (21 serial dispatches at 1e6 on
 # CUDA); "blocked": two compare-and-count passes over a sqrt(n) sample and one sqrt(n) window
-# (2 dispatches, ~num_segments x 2 sqrt(n) compares). Prepared for a GPU session's A/B
-# (bench/gpu_profile.py; docs/performance.md, thirteenth pass); unmeasured on a GPU, so no target
-# uses it by default.
+# (2 dispatches, ~num_segments x 2 sqrt(n) compares). On an H100 a LAMB step took 0.45 -> 0.41 ms
+# with it at 1000064 but 0.78 -> 1.21 ms at 1e7 (bench/results/2026-11-26-nvidia-h100-lamb-search.md;
+# docs/performance.md, fourteenth pass), so no target uses it by default.
 BOUNDS_SEARCHES = ("binary", "blocked")
 _BOUNDS_SEARCH = contextvars.ContextVar("polaris_bounds_search", default="binary")
 
