@@ -19,9 +19,10 @@ Peers per optimizer and size (1e6, 1e7, 1e8 by default):
   their own (``CompileOptions(hoist_scalars=True)``: Adam 2 -> 5 dispatches); ``polaris fixed padded (N)``: where n is not a length IREE vectorises (1e6 on
   CUDA: one float per thread), the fixed module for n zero-padded to N (1000064: 128-bit loads);
   ``polaris fixed async`` and ``polaris fixed padded async (N)``: the same, compiled with
-  ``--async`` (on CUDA with the step's transient storage passed in); ``... async stream``: those
-  loaded with ``order="stream"`` (no call waits for the one before it: the CUDA stream orders
-  them), after a check that many steps give the same parameters as ``order="fences"``;
+  ``--async`` (on CUDA with the step's transient storage passed in), loaded with
+  ``order="fences"`` (each call waits for the one before it); ``... async stream``: those loaded
+  with ``order="stream"`` (no call waits: the CUDA stream orders them; the runtime's default for
+  async modules on CUDA), after a check that many steps give the same parameters as ``"fences"``;
   ``iree-bare``: the flat module's ``step`` through IREE's
   FunctionInvoker;
 * ``torch fused`` / ``torch foreach``: ``torch.optim.Adam(fused=True)`` / ``(foreach=True)``
@@ -79,7 +80,7 @@ def one_tensor_segments(opt, flat) -> dict:
     return {"segments": opt.upload_segments({"segment_ids": np.zeros(flat.size, np.int32)})}
 
 
-def run_steps(path, device: str, p: np.ndarray, g: np.ndarray, steps: int, order: str = "fences") -> tuple[np.ndarray, float]:
+def run_steps(path, device: str, p: np.ndarray, g: np.ndarray, steps: int, order: str | None = None) -> tuple[np.ndarray, float]:
     """The flat module at ``path`` stepped ``steps`` times from ``p`` with the gradient ``g``:
     ``(params as float64 on the host, seconds a step including the read-back)``."""
     from polaris_runtime import device as dev
@@ -99,7 +100,7 @@ def stream_check(info: dict, path, device: str, p: np.ndarray, g: np.ndarray) ->
     the largest difference of the parameters goes to ``info["notes"]`` (0 expected: same kernels)."""
     steps = 1000 if p.size <= 10**6 else 100 if p.size <= 10**7 else 20
     try:
-        ref, _ = run_steps(path, device, p, g, steps)
+        ref, _ = run_steps(path, device, p, g, steps, order="fences")
         got, _ = run_steps(path, device, p, g, steps, order="stream")
         note = f"order='stream' vs 'fences', {pathlib.Path(path).name}, {steps} steps: max |diff| {float(np.abs(got - ref).max()):.1e}"
     except Exception as e:
@@ -108,7 +109,8 @@ def stream_check(info: dict, path, device: str, p: np.ndarray, g: np.ndarray) ->
     C.say("  " + note)
 
 
-def polaris_peer(path, device, p, g, order: str = "fences") -> C.Timer:
+def polaris_peer(path, device, p, g, order: str | None = None) -> C.Timer:
+    """``order``: ``polaris_runtime.load``'s (None: its default, "stream" for async modules on CUDA)."""
     from polaris_runtime import device as dev
 
     opt = pr.load(path, device=device, order=order)
@@ -463,13 +465,13 @@ def main(argv=None) -> int:
             # ... compiled with --async (on CUDA its transient storage passed in: what `polaris compile --async` builds)
             fixed_async = index["modules"][key].get("fixed_async_ext", {}).get(str(n))
             if "polaris-fixed" in peers and fixed_async:
-                make["polaris fixed async"] = lambda: polaris_peer(args.modules / fixed_async, args.device, p, g)
+                make["polaris fixed async"] = lambda: polaris_peer(args.modules / fixed_async, args.device, p, g, "fences")
             padded_async = index["modules"][key].get("fixed_padded_async", {}).get(str(n))
             if padded_async:
                 pa, ga = (np.pad(x, (0, padded_async["size"] - n)) for x in (p, g))
             if "polaris-fixed" in peers and padded_async:
                 make[f"polaris fixed padded async ({padded_async['size']})"] = lambda: polaris_peer(
-                    args.modules / padded_async["file"], args.device, pa, ga)
+                    args.modules / padded_async["file"], args.device, pa, ga, "fences")
             # ... loaded with order="stream" (no call waits for the one before; the CUDA stream orders them)
             if "polaris-stream" in peers and fixed_async:
                 stream_check(info, args.modules / fixed_async, args.device, p, g)

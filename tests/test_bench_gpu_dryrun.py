@@ -35,8 +35,14 @@ def test_the_gpu_scripts_dry_run_on_the_cpu(tmp_path):
          "--optimizers", "adam", "--peers", "polaris,polaris-fixed,gpt2,jax", "--repeats", "3")
     (md,) = (out / "bench").glob("*.md")
     text = md.read_text()
-    for peer in ("polaris fixed hoisted", "polaris flat fixed", "polaris flat fixed async", "polaris tree"):
+    for peer in ("polaris fixed hoisted", "polaris fixed async", "polaris flat fixed", "polaris flat fixed async", "polaris tree"):
         assert f"| {peer} |" in text, text
+    # order="stream" (no call waits for the one before it): local-sync runs calls in order, as CUDA does
+    _run(BENCH / "gpu.py", "--modules", mods, "--out", out / "stream", "--device", "local-sync", "--sizes", "1e5",
+         "--optimizers", "adam", "--peers", "polaris-fixed,polaris-stream", "--repeats", "3")
+    (md,) = (out / "stream").glob("*.md")
+    text = md.read_text()
+    assert "| polaris fixed async stream |" in text and "max |diff| 0.0e+00" in text, text
 
     _run(BENCH / "gpu_async.py", "--modules", mods, "--out", out / "async", "--device", "local-task", "--repeats", "3")
     res = json.loads((out / "async" / "async.json").read_text())
@@ -87,3 +93,20 @@ def test_the_profile_kit_dry_runs_on_the_cpu(tmp_path):
     for case in json.loads((mods / "index.json").read_text())["cases"]:
         text = (out / f"{case['label']}.txt").read_text()
         assert "BM_step" in text and "IREE HAL device statistics" in text and "update_dispatch" in text, text[-2000:]
+    # --mode none: timings only (what a CUDA HAL without a profiler, IREE 3.13's, falls back to)
+    _run(BENCH / "gpu_profile.py", "run", mods, "--out", out / "none", "--device", "local-sync", "--repetitions", "1", "--mode", "none")
+    assert all("BM_step" in (out / "none" / f"{c['label']}.txt").read_text() for c in json.loads((mods / "index.json").read_text())["cases"])
+
+
+@pytest.mark.slow
+def test_the_per_call_experiment_dry_runs_on_the_cpu(tmp_path):
+    """bench/gpu_percall.py (fourteenth pass): every module and peer gets step, enqueue and
+    latency, and every async variant the sync module's parameters."""
+    mods, out = tmp_path / "percall", tmp_path / "out"
+    _run(BENCH / "gpu_percall.py", "build", mods, "--target", "llvm-cpu")
+    _run(BENCH / "gpu_percall.py", "run", mods, "--out", out, "--device", "local-task", "--repeats", "2", "--target-s", "0.005")
+    rows = json.loads((out / "percall.json").read_text())["rows"]
+    cases = {r["case"] for r in rows}
+    assert {"adam sync", "adam async", "adam async, bare, chained", "adam any-length async", "jax.jit(optax)"} <= cases, cases
+    assert not any("error" in r for r in rows), [r for r in rows if "error" in r]
+    assert all(r["rel_error"] == 0.0 for r in rows if r["case"].startswith("adam async")), rows

@@ -198,3 +198,89 @@ def test_update_then_apply_on_an_async_module_equals_its_step(pair):
         q = q + u.numpy()
     np.testing.assert_allclose(b.numpy(), q, rtol=1e-6, atol=1e-7)
     assert asy.step_count(s2) == 6
+
+
+# -- order="stream": no call waits for the one before it; the driver's queue orders them ---------
+def test_the_default_order_is_fences_off_cuda(pair):
+    sync, asy = pair
+    assert sync.order == "fences" and asy.order == "fences"  # local-task may finish calls out of order
+
+
+def test_order_picks_stream_only_where_it_was_checked():
+    from polaris_runtime.module import STREAM_ORDERED_DRIVERS, resolve_order
+
+    assert resolve_order(None, True, "cuda", iree_version="3.13.0") == "stream"
+    assert resolve_order(None, True, "cuda://0", iree_version="3.13.1") == "stream"
+    assert resolve_order(None, True, "cuda", iree_version="3.14.0") == "fences"  # not checked there
+    assert resolve_order(None, False, "cuda", iree_version="3.13.0") == "fences"  # a sync module
+    assert resolve_order(None, True, "local-task", iree_version="3.13.0") == "fences"
+    assert resolve_order("stream", True, "local-sync") == "stream"
+    assert resolve_order("fences", False, "vulkan") == "fences"
+    assert set(STREAM_ORDERED_DRIVERS) == {"cuda", "local-sync"}
+
+
+@pytest.mark.parametrize(
+    "order, asynchronous, driver, match",
+    [
+        ("stream", True, "local-task", "needs a driver that runs submissions in the order they are made \\(cuda, local-sync\\); 'local-task'"),
+        ("stream", True, "vulkan", "'vulkan' may finish them out of order: leave order as 'fences'"),
+        ("stream", False, "cuda", "order='stream' is for modules compiled with --async"),
+        ("streams", True, "cuda", "order='streams' is not an ordering polaris knows; use one of: fences, stream"),
+    ],
+)
+def test_an_order_that_cannot_work_is_refused_with_the_valid_choices(order, asynchronous, driver, match):
+    from polaris_runtime.errors import ModuleError
+    from polaris_runtime.module import resolve_order
+
+    with pytest.raises((ModuleError, ValueError), match=match):
+        resolve_order(order, asynchronous, driver)
+
+
+def test_load_refuses_stream_order_on_local_task(modules):
+    from polaris_runtime.errors import ModuleError
+
+    path = modules.path("adam", dict(learning_rate=0.02), asynchronous=True)
+    with pytest.raises(ModuleError, match="may finish them out of order"):
+        pr.load(path, device="local-task", order="stream")
+
+
+@pytest.fixture(scope="module")
+def streamed(modules):
+    """(async adam with fences, the same with order="stream") on local-sync, which runs each
+    call to its end on the caller's thread: in order, as IREE's CUDA HAL does on its one stream."""
+    path = modules.path("adam", dict(learning_rate=0.02), asynchronous=True)
+    return pr.load(path, device="local-sync", order="fences"), pr.load(path, device="local-sync", order="stream")
+
+
+def test_stream_order_steps_match_fenced_steps_bit_for_bit(streamed):
+    fenced, streamed_ = streamed
+    assert fenced.order == "fences" and streamed_.order == "stream"
+    p0 = np.linspace(-2, 2, N, dtype=np.float32)
+    a, sa, b, sb = p0, fenced.init(p0), p0, streamed_.init(p0)
+    for i in range(3):  # the checked path
+        a, sa = fenced.step(a, _grads(i), sa)
+        b, sb = streamed_.step(b, _grads(i), sb)
+    for i in range(30):  # the planned path and its steady state
+        g = [dev.upload(fenced.device, _grads(7 + i))]
+        a, sa = fenced.step(a, g, sa)
+        b, sb = streamed_.step(b, g, sb)
+    assert streamed_._plans["step"].fast is not None
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for x, y in zip(sa.leaves(), sb.leaves(), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert streamed_.step_count(sb) == 33
+
+
+def test_a_failed_call_under_stream_order_does_not_block_the_next(streamed):
+    _, mod = streamed
+    p0 = np.ones(N, np.float32)
+    b, sb = p0, mod.init(p0)
+    for _ in range(3):
+        b, sb = mod.step(b, _grads(0), sb)
+    with mod._lock:
+        fences = mod._fences()  # what a call takes just before IREE raises
+        assert fences[0] is mod._no_wait  # a stream-ordered call waits for nothing
+        mod._unblock(fences)
+    mod.wait()
+    b, sb = mod.step(b, _grads(1), sb)
+    assert mod.step_count(sb) == 4

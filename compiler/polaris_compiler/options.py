@@ -207,16 +207,17 @@ def execution_notes(opts: CompileOptions) -> list[str]:
     """Notes on how calls run: a synchronous CUDA module waits for the GPU at the end of every
     call, so the host's issue time and the GPU's step add up; an async one (with its transient
     storage passed in, the default there) queues steps back to back. Measured on an H100
-    through the runtime, Adam ``--size``, sync vs async (docs/performance.md, thirteenth pass):
-    1000064 57 -> 52 us, 1e7 156 -> 105 us, 1e8 1.05 -> 0.96 ms (jax.jit(optax) 53 us, 104 us,
-    0.95 ms; torch fused Adam 50 us, 115 us, 1.08 ms)."""
+    through the runtime, Adam ``--size``, sync vs async (docs/performance.md, thirteenth and
+    fourteenth passes; async calls ordered by the CUDA stream): 1000064 56-67 -> 22-23 us, 1e7
+    156 -> 105 us, 1e8 1.05 -> 0.96 ms (jax.jit(optax) 48-88 us, 104 us, 0.95 ms; torch fused
+    Adam 49-88 us, 113-115 us, 1.08 ms)."""
     if opts.asynchronous or not opts.cuda_only:
         return []
     return [
         "cuda: every call of this module waits for the GPU to finish the step before it returns; compile "
         "with --async (CompileOptions(asynchronous=True)) and the runtime queues steps back to back "
-        "(H100, Adam --size 10000000: 156 -> 105 us a step, jax.jit(optax) 104 us, torch fused 115 us; "
-        "reads of results wait as before, docs/runtime.md)"
+        "(H100, Adam --size 1000064: 56 -> 23 us a step, --size 10000000: 156 -> 105 us; torch fused 50-88 us "
+        "and 115 us; reads of results wait as before, docs/runtime.md)"
     ]
 
 

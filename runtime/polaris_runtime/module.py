@@ -90,7 +90,7 @@ class Module:
     """A loaded ``.vmfb``: its manifest, its device and its exported functions."""
 
     def __init__(self, vm_module: rt.VmModule, manifest: Manifest, config: rt.Config, driver: str, path: str,
-                 order: str = "fences"):
+                 order: str | None = None):
         self.manifest = manifest
         self.driver = driver
         self.path = path
@@ -120,7 +120,7 @@ class Module:
                 f"directly (unexpected iree.abi reflection); recompile it without --async"
             )
         self._sem = config.device.create_semaphore(0) if self._asynchronous else None
-        self.order = _check_order(order, self._asynchronous, driver, path)
+        self.order = resolve_order(order, self._asynchronous, driver, path)
         # order="stream": every call waits for value 0 (reached at once) instead of the call before
         # it; the driver's one queue orders them (load's docstring)
         self._no_wait = rt.HalFence.create_at(self._sem, 0) if self.order == "stream" else None
@@ -187,10 +187,15 @@ class Module:
         try:
             self._context.vm_context.invoke(function, args, ret)
         except IREE_ERRORS as e:
-            if fences is not None and self._no_wait is not None:  # unblock after the call before it
-                fences = (rt.HalFence.create_at(self._sem, self._tick - 1), fences[1])
-            _unblock(fences)
+            self._unblock(fences)
             raise failed_inside_iree(fname, self.driver, e) from None
+
+    def _unblock(self, fences) -> None:
+        """:func:`_unblock` for this module's last fences (call under ``_lock``). With
+        ``order="stream"`` the call's wait fence is value 0, so the call before it is waited for."""
+        if fences is not None and self._no_wait is not None:
+            fences = (rt.HalFence.create_at(self._sem, self._tick - 1), fences[1])
+        _unblock(fences)
 
     @property
     def _built_for(self) -> str:
@@ -410,9 +415,18 @@ ORDERS = ("fences", "stream")
 # docs/performance.md, fourteenth pass); local-sync runs each call to the end on the caller's
 # thread. local-task, Vulkan and HIP may finish them out of order.
 STREAM_ORDERED_DRIVERS = ("cuda", "local-sync")
+# IREE runtime versions whose CUDA HAL was checked to work so (order=None picks "stream" there)
+STREAM_CHECKED_IREE = ("3.13.",)
 
 
-def _check_order(order: str, asynchronous: bool, driver: str, path: str) -> str:
+def resolve_order(order: str | None, asynchronous: bool, driver: str, path: str = "this module", iree_version: str | None = None) -> str:
+    """The ordering of an async module's calls (:func:`load`'s ``order``): ``None`` picks
+    ``"stream"`` for async modules on CUDA with an IREE runtime it was checked on, else ``"fences"``;
+    an explicit choice is checked against the module and the driver."""
+    if order is None:
+        version = _iree_version() if iree_version is None else iree_version
+        cuda = driver.split("://")[0] == "cuda"
+        return "stream" if asynchronous and cuda and version.startswith(STREAM_CHECKED_IREE) else "fences"
     if order not in ORDERS:
         raise ValueError(f"order={order!r} is not an ordering polaris knows; use one of: {', '.join(ORDERS)}")
     if order == "stream":
@@ -851,7 +865,7 @@ def _iree_version() -> str:
         return "unknown"
 
 
-def load(path_or_bytes, device: str | None = None, *, order: str = "fences") -> Module:
+def load(path_or_bytes, device: str | None = None, *, order: str | None = None) -> Module:
     """Loads a polaris-iree module.
 
     Args:
@@ -859,12 +873,15 @@ def load(path_or_bytes, device: str | None = None, *, order: str = "fences") -> 
       device: an IREE driver name (``local-task``, ``local-sync``, ``cuda``, ``vulkan``, ...);
         default: the driver for the module's own target.
       order: how the calls of a module compiled with ``--async`` are ordered on the device.
-        ``"fences"`` (default): each call waits for the one before it (a fence on one timeline
-        semaphore), what IREE promises. ``"stream"``: no call waits; the driver's queue orders
-        them. Only where the driver runs submissions in the order they are made (``cuda``, whose
-        HAL has one CUDA stream, and ``local-sync``); on CUDA it takes 15-25 us off each step
-        (an H100, Adam at 1e6: docs/performance.md, fourteenth pass). It relies on how IREE's
-        CUDA HAL works, not on what it promises: checked on IREE 3.13.
+        ``"fences"``: each call waits for the one before it (a fence on one timeline semaphore),
+        what IREE promises. ``"stream"``: no call waits; the driver's queue orders them. Only
+        where the driver runs submissions in the order they are made (``cuda``, whose HAL has
+        one CUDA stream, and ``local-sync``): on an H100 an Adam step at 1e6 takes 23 us instead
+        of 55 us (torch fused 50-88 us; docs/performance.md, fourteenth pass); from 1e7 up the
+        kernel hides the difference. It relies on how IREE's CUDA HAL works, not on what it
+        promises, so ``None`` (default) picks it only for async modules on CUDA with an IREE
+        runtime it was checked on (:data:`STREAM_CHECKED_IREE`), and ``"fences"`` elsewhere.
+        ``Module.order`` says which one a module got.
 
     Returns:
       An :class:`Optimizer` for optimizer modules, a :class:`Module` for function modules.
