@@ -9,7 +9,7 @@ after the same 2200 steps (0 expected). Fourteenth pass of docs/performance.md.
     python3 bench/gpu_order_probe.py      # on the GPU host, from the repository root
 """
 import time, statistics, numpy as np, sys
-sys.path.insert(0, "runtime")
+sys.path.insert(0, "runtime")  # polaris_runtime from this checkout
 import polaris_runtime as pr
 from polaris_runtime import device as dev
 from polaris_runtime.module import _iree_version
