@@ -3,7 +3,8 @@
 Loads the 1000064 Adam ``--async`` module of ``out/gpu-modules`` on CUDA with ``order=None`` (the
 default) and ``order="fences"``; prints which order the default resolved to, the time of one step
 followed by ``wait()`` / a scalar leaf read / ``step_count``, a scalar read with nothing in flight,
-2000 steps back to back, and the largest difference of the parameters between the two orders
+2000 steps back to back, a scalar read through IREE's ``DeviceArray.to_host`` and through
+``polaris_runtime.device.to_host`` (its staging buffer for small reads), and the largest difference of the parameters between the two orders
 after the same 2200 steps (0 expected). Fourteenth pass of docs/performance.md.
 
     python3 bench/gpu_order_probe.py      # on the GPU host, from the repository root
@@ -34,6 +35,13 @@ for order in (None, "fences"):
     for _ in range(60):
         t0 = time.perf_counter(); s[leaf]; ts.append(time.perf_counter() - t0)
     print(f"  scalar read alone (nothing in flight): {statistics.median(ts)*1e6:.1f} us")
+    arr = s.arrays[s.names.index(leaf)]
+    for name, read in (("IREE's DeviceArray.to_host", lambda: np.array(arr.to_host(), copy=True)),
+                       ("polaris_runtime.device.to_host", lambda: dev.to_host(arr))):
+        ts = []
+        for _ in range(60):
+            t0 = time.perf_counter(); read(); ts.append(time.perf_counter() - t0)
+        print(f"  scalar read, {name}: {statistics.median(ts)*1e6:.1f} us")
     t0 = time.perf_counter()
     for _ in range(2000): q, s = opt.step(q, gd, s)
     opt.wait(); print(f"  2000 steps: {(time.perf_counter()-t0)/2000*1e6:.1f} us/step")

@@ -230,3 +230,39 @@ def test_apply_if_finite_skips_and_counts_a_nan_step(guarded):
     assert bool(after["last_finite"]) and guarded.step_count(s) == 2
     assert not np.array_equal(p.leaves()[0], p_before[0])
     assert all(np.isfinite(a).all() for a in p.leaves())
+
+
+# -- small reads from a GPU: one staging buffer per device, allocated once -----------------------
+@pytest.mark.parametrize("value", [np.float32(0.125), np.int32(7), np.arange(5, dtype=np.float32), np.ones((2, 3), np.float16)])
+def test_small_reads_through_the_staging_buffer_give_the_array(value):
+    """``device._SmallReads`` (what GPU drivers use for reads of at most 4 KiB: a step count, a
+    hyperparameter) gives back exactly what was uploaded, read after read; it declines larger
+    arrays, which the general path serves. Forced here on a CPU device, whose memory IREE maps."""
+    from polaris_runtime import device as dev
+
+    cfg = dev.config_for("local-task")
+    reads = dev._SmallReads(cfg.device)
+    a = dev.upload(cfg.device, np.asarray(value))
+    for _ in range(3):
+        got = reads.read(a)
+        assert got.dtype == np.asarray(value).dtype and got.shape == np.asarray(value).shape
+        np.testing.assert_array_equal(got, np.asarray(value))
+    assert reads.tick == 3
+    big = dev.upload(cfg.device, np.zeros(dev.SMALL_READ_BYTES // 4 + 1, np.float32))
+    assert reads.read(big) is None
+    assert dev.to_host(big).shape == (dev.SMALL_READ_BYTES // 4 + 1,)
+
+
+def test_gpu_drivers_read_small_arrays_through_the_staging_buffer():
+    """A GPU driver's config gets a ``_SmallReads``; CPU drivers read mapped memory directly."""
+    from _devices import device_or_skip
+
+    from polaris_runtime import device as dev
+
+    assert id(dev.config_for("local-task").device) not in dev._SMALL_READS
+    device_or_skip("vulkan")
+    d = dev.config_for("vulkan").device
+    reads = dev._SMALL_READS[id(d)]
+    before = reads.tick
+    np.testing.assert_array_equal(dev.to_host(dev.upload(d, np.float32(2.5))), np.float32(2.5))
+    assert reads.tick == before + 1
