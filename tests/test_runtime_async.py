@@ -49,23 +49,31 @@ def test_an_async_step_never_waits_for_the_device(modules):
     assert step.count("@hal.fence.await") == 0 and step.count("@hal.device.queue.execute") == 1
 
 
-def test_async_steps_match_the_sync_module_bit_for_bit(pair):
-    sync, asy = pair
-    assert asy.asynchronous and not sync.asynchronous
+def _assert_lockstep(ref, other, planned_steps: int) -> None:
+    """``ref`` and ``other`` (modules of the same optimizer) stepped side by side from the same
+    start give the same params and state bit for bit: 3 steps on host gradients (the checked
+    path: uploads, then calls), then ``planned_steps`` on fresh device gradients (the planned
+    path, then its steady state)."""
     p0 = np.linspace(-2, 2, N, dtype=np.float32)
-    a, sa, b, sb = p0, sync.init(p0), p0, asy.init(p0)
-    for i in range(3):  # host gradients: the checked path (uploads, then queues)
-        a, sa = sync.step(a, _grads(i), sa)
-        b, sb = asy.step(b, _grads(i), sb)
-    for i in range(20):  # fresh device gradients: the planned path, then its steady state
-        g = [dev.upload(sync.device, _grads(7 + i))]
-        a, sa = sync.step(a, g, sa)
-        b, sb = asy.step(b, g, sb)
-    assert asy._plans["step"].fast is not None and sync._plans["step"].fast is not None
+    a, sa, b, sb = p0, ref.init(p0), p0, other.init(p0)
+    for i in range(3):
+        a, sa = ref.step(a, _grads(i), sa)
+        b, sb = other.step(b, _grads(i), sb)
+    for i in range(planned_steps):
+        g = [dev.upload(ref.device, _grads(7 + i))]
+        a, sa = ref.step(a, g, sa)
+        b, sb = other.step(b, g, sb)
+    assert ref._plans["step"].fast is not None and other._plans["step"].fast is not None
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     for x, y in zip(sa.leaves(), sb.leaves(), strict=True):
         np.testing.assert_array_equal(x, y)
-    assert asy.step_count(sb) == 23
+    assert other.step_count(sb) == 3 + planned_steps
+
+
+def test_async_steps_match_the_sync_module_bit_for_bit(pair):
+    sync, asy = pair
+    assert asy.asynchronous and not sync.asynchronous
+    _assert_lockstep(sync, asy, planned_steps=20)
 
 
 def test_reading_between_steps_sees_each_step(pair):
@@ -255,20 +263,7 @@ def streamed(modules):
 def test_stream_order_steps_match_fenced_steps_bit_for_bit(streamed):
     fenced, streamed_ = streamed
     assert fenced.order == "fences" and streamed_.order == "stream"
-    p0 = np.linspace(-2, 2, N, dtype=np.float32)
-    a, sa, b, sb = p0, fenced.init(p0), p0, streamed_.init(p0)
-    for i in range(3):  # the checked path
-        a, sa = fenced.step(a, _grads(i), sa)
-        b, sb = streamed_.step(b, _grads(i), sb)
-    for i in range(30):  # the planned path and its steady state
-        g = [dev.upload(fenced.device, _grads(7 + i))]
-        a, sa = fenced.step(a, g, sa)
-        b, sb = streamed_.step(b, g, sb)
-    assert streamed_._plans["step"].fast is not None
-    np.testing.assert_array_equal(a.numpy(), b.numpy())
-    for x, y in zip(sa.leaves(), sb.leaves(), strict=True):
-        np.testing.assert_array_equal(x, y)
-    assert streamed_.step_count(sb) == 33
+    _assert_lockstep(fenced, streamed_, planned_steps=30)
 
 
 def test_a_failed_call_under_stream_order_does_not_block_the_next(streamed):
