@@ -5,23 +5,27 @@
 #               ../shared/gpu/prepare.sh  (puts the runtime wheel in .whl/, the Vulkan loader in .gl/)
 # There:        <the PREAMBLE line> bash bench/gpu_session.sh
 #               with carry = [".whl", ".gl", "out/gpu-check", "out/gpu-modules"], timeout_s ~570
-# Writes 8 files (the device tool returns at most 8): $OUT/check.log (host facts first),
-# $OUT/check/gpu-check.{md,json} (correctness on local-task, cuda, vulkan), $OUT/bench.log,
-# $OUT/bench/<date>-<gpu>-gpu.{md,json} (timings vs torch, jax), $OUT/async/async.{md,json}
-# (bench/gpu_async.py: the async-external A/B, with and without the step's transient, and the read-back bandwidth);
-# bench/gpu_verify.py's catalog table goes to $OUT/check.log.
+# Writes everything to $R (/tmp/polaris-gpu) and packs it into $OUT/results.tgz, after every run
+# (the device tool returns at most 8 files; a cut-off session keeps what finished): check.log
+# (host facts first), check/gpu-check.{md,json} (correctness on local-task, cuda, vulkan),
+# bench.log, bench/<date>-<gpu>-gpu.{md,json} (timings vs torch, jax; the stream-ordered async
+# peers with their check against fences), async/async.{md,json} (bench/gpu_async.py: the
+# async-external A/B, with and without the step's transient, and the read-back bandwidth);
+# bench/gpu_verify.py's catalog table goes to check.log. Unpack here: tar xzf results.tgz -C DIR.
 # Flat LAMB is left out of the timings: its scatter takes ~1 s a step at 1e7 (docs/performance.md).
 set -uo pipefail
 OUT=${OUT:-out/gpu-results}
-mkdir -p "$OUT"
-{ nvidia-smi; python3 -c "import iree.runtime, numpy; print('iree', iree.runtime.__file__)"; } > "$OUT/check.log" 2>&1
-timeout 210 python3 bench/gpu_check.py run out/gpu-check --out "$OUT/check" --timeout 45 >> "$OUT/check.log" 2>&1
-echo "gpu_check exit $?" | tee -a "$OUT/check.log"
-timeout 170 python3 bench/gpu.py --modules out/gpu-modules --out "$OUT/bench" --optimizers adam,adamw,sgd_momentum,lion > "$OUT/bench.log" 2>&1
-echo "gpu bench exit $?" | tee -a "$OUT/bench.log"
-timeout 110 python3 bench/gpu_async.py --modules out/gpu-modules --out "$OUT/async" >> "$OUT/bench.log" 2>&1
-echo "gpu async exit $?" | tee -a "$OUT/bench.log"
+R=${R:-/tmp/polaris-gpu}
+mkdir -p "$OUT" "$R"
+pack() { tar czf "$OUT/results.tgz" -C "$R" . 2>/dev/null; }
+{ nvidia-smi; python3 -c "import iree.runtime, numpy; print('iree', iree.runtime.__file__)"; } > "$R/check.log" 2>&1
+timeout 210 python3 bench/gpu_check.py run out/gpu-check --out "$R/check" --timeout 45 >> "$R/check.log" 2>&1
+echo "gpu_check exit $?" | tee -a "$R/check.log"; pack
+timeout 170 python3 bench/gpu.py --modules out/gpu-modules --out "$R/bench" --optimizers adam,adamw,sgd_momentum,lion > "$R/bench.log" 2>&1
+echo "gpu bench exit $?" | tee -a "$R/bench.log"; pack
+timeout 110 python3 bench/gpu_async.py --modules out/gpu-modules --out "$R/async" >> "$R/bench.log" 2>&1
+echo "gpu async exit $?" | tee -a "$R/bench.log"; pack
 # the shipped catalog's CUDA modules against its x86_64 ones (bench/gpu_verify.py), into check.log
-timeout 60 python3 bench/gpu_verify.py --out /tmp/polaris-verify --device cuda >> "$OUT/check.log" 2>&1
-echo "catalog check exit $?" | tee -a "$OUT/check.log"
-tail -n 40 "$OUT/check/gpu-check.md" "$OUT"/bench/*.md "$OUT/async/async.md" 2>/dev/null
+timeout 60 python3 bench/gpu_verify.py --out /tmp/polaris-verify --device cuda >> "$R/check.log" 2>&1
+echo "catalog check exit $?" | tee -a "$R/check.log"; pack
+tail -n 40 "$R/check/gpu-check.md" "$R"/bench/*.md "$R/async/async.md" 2>/dev/null
