@@ -148,7 +148,8 @@ def bare_peer(path, device, p, g) -> C.Timer:
     s0 = s0 if isinstance(s0, tuple) else (s0,)
     groups["state"] = [dev.upload(cfg.device, np.asarray(a.to_host())) for a in s0]  # a buffer of its own each
     if "segments" in inputs:
-        groups["segments"] = [dev.upload(cfg.device, np.zeros((p.size, 1), np.int32))]
+        ids = {"segment_ids": np.zeros(p.size, np.int32)}  # one tensor; every leaf of the group, as the runtime makes them
+        groups["segments"] = [dev.upload(cfg.device, a) for a in pr.load(data, device=device)._segment_arrays("bare", ids)]
     idx = int(np.argmin([int(np.prod(a.shape)) for a in groups["state"]]))
     f = fns["step"]
 

@@ -1,17 +1,17 @@
 """Where a step's time goes on a device: IREE's HAL profiler over ``iree-benchmark-module``.
 
 For the open GPU question of docs/gpu-session.md (LAMB 4.8-8x ``jax.jit(optax.lamb)`` on CUDA,
-thirteenth pass of docs/performance.md). ``build`` compiles the modules to profile, here, with
-the defaults a user gets: LAMB ``--size`` (the tree reduction ``auto`` picks for GPU targets) and
-``--whole-vector`` at 1000064 and 1e7, Adam ``--size`` at 1e7 for reference; and LAMB ``--size``
-traced with ``segments.bounds_search("blocked")`` (the segment bounds in 2 serial dispatches
-instead of a 21-25-step binary search: 56 -> 39 barrier-separated stages at 1e6 on CUDA), the
-A/B that decides whether GPU targets should use it. ``run``, on the
-device host, calls each module's ``step`` with splat inputs (no data files: every value is a
-constant, the segment ids 0, which is one tensor) under ``iree-benchmark-module
---device_profiling_mode=MODE`` and writes ``iree-profile statistics`` and ``dispatch`` of each
-bundle (every dispatch's count and device time) under ``--out``. Only the IREE runtime wheel is
-needed there (its tools run as ``python3 -m iree._runtime.scripts.<tool>``).
+thirteenth and fourteenth passes of docs/performance.md). ``build`` compiles the modules to
+profile, here, with the defaults a user gets: LAMB ``--size`` (the tree reduction ``auto`` picks
+for GPU targets; since the fourteenth pass it takes the segment bounds from the runtime instead of
+searching for them every step) and ``--whole-vector`` at 1000064 and 1e7, Adam ``--size`` at 1e7
+for reference. ``run``, on the device host, calls each module's ``step`` with splat inputs (no
+data files but the bounds: every value is a constant, the segment ids 0, which is one tensor,
+and the bounds those ids give, from a ``.npy`` beside the module) under ``iree-benchmark-module --device_profiling_mode=MODE`` and writes
+``iree-profile statistics`` and ``dispatch`` of each bundle (every dispatch's count and device
+time) under ``--out``. IREE 3.13's CUDA HAL has no profiler: there (or with ``--mode none``)
+only the benchmark's times are written. Only the IREE runtime wheel is needed there (its tools
+run as ``python3 -m iree._runtime.scripts.<tool>``).
 
     python bench/gpu_profile.py build out/gpu-profile                          # here
     python bench/gpu_profile.py run out/gpu-profile --out OUT --device cuda    # on the GPU host
@@ -32,15 +32,16 @@ sys.path.insert(0, str(HERE))
 
 import _common as C  # noqa: E402
 
-# (label, optimizer key of _common.POLARIS, size, compile_optimizer keywords, segment bounds search)
+# (label, optimizer key of _common.POLARIS, size, compile_optimizer keywords). The H100's numbers
+# before the bounds became an input (synchronous step, iree-benchmark-module): lamb-tree 0.452 ms
+# at 1000064, 0.783 ms at 1e7; lamb-whole 0.125 and 0.405 ms; adam-1e7 0.146 ms
+# (bench/results/2026-11-26-nvidia-h100-lamb-search.md)
 CASES = [
-    ("lamb-tree-1000064", "lamb", 1000064, {}, "binary"),
-    ("lamb-tree-blocked-1000064", "lamb", 1000064, {}, "blocked"),
-    ("lamb-tree-1e7", "lamb", 10**7, {}, "binary"),
-    ("lamb-tree-blocked-1e7", "lamb", 10**7, {}, "blocked"),
-    ("lamb-whole-1000064", "lamb", 1000064, {"segments": False}, "binary"),
-    ("lamb-whole-1e7", "lamb", 10**7, {"segments": False}, "binary"),
-    ("adam-1e7", "adam", 10**7, {}, "binary"),
+    ("lamb-tree-1000064", "lamb", 1000064, {}),
+    ("lamb-tree-1e7", "lamb", 10**7, {}),
+    ("lamb-whole-1000064", "lamb", 1000064, {"segments": False}),
+    ("lamb-whole-1e7", "lamb", 10**7, {"segments": False}),
+    ("adam-1e7", "adam", 10**7, {}),
 ]
 # what each driver's HAL records: device timestamps per dispatch on GPUs, host execution on the CPU
 MODES = {"cuda": "dispatch-events,device-queue-events", "hip": "dispatch-events,device-queue-events"}
@@ -55,22 +56,31 @@ def _splat(spec: dict) -> str:
 
 
 def build(folder: pathlib.Path, target: str) -> None:
-    from polaris._src import registry, segments
+    from polaris._src import registry
     from polaris_compiler import CompileOptions, Layout, Target, compile_optimizer
 
     folder.mkdir(parents=True, exist_ok=True)
     index = []
-    for label, key, n, kw, search in CASES:
+    for label, key, n, kw in CASES:
         name, options = C.POLARIS[key]
         spec = registry.get(name)
-        with segments.bounds_search(search):  # "blocked": 21 -> 2 serial stages for the bounds at 1e6
-            art = compile_optimizer(spec.build(**options), Layout.flat(size=n), CompileOptions(target=Target.parse(target)),
-                                    name=name, optimizer_options={**spec.defaults(), **options}, **kw)
+        art = compile_optimizer(spec.build(**options), Layout.flat(size=n), CompileOptions(target=Target.parse(target)),
+                                name=name, optimizer_options={**spec.defaults(), **options}, **kw)
         fname = f"{label}-{target}.vmfb"
         art.save(folder / fname)
         groups = art.manifest["groups"]
         inputs = [_splat(s) for g in ("params", "params", "state") for s in groups[g]]  # step(params, grads, state)
-        inputs += [_splat(s) for s in groups.get("segments", [])]
+        for s in groups.get("segments", []):
+            if s["name"] != "segment_bounds":
+                inputs.append(_splat(s))
+                continue
+            # the bounds of ids all 0 (one tensor): [0, n, n, ...], what the runtime would compute
+            import numpy as np
+
+            bounds = np.full(s["shape"], n, np.int32)
+            bounds[0] = 0
+            np.save(folder / f"{label}-bounds.npy", bounds)
+            inputs.append(f"@{label}-bounds.npy")  # relative to the folder (run resolves it)
         index.append({"label": label, "file": fname, "n": n, "inputs": inputs, "notes": art.notes,
                       "reduction": art.manifest.get("segments", {}).get("reduction")})
         C.say(f"  {fname}: {len(inputs)} inputs")
@@ -89,7 +99,8 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, mode: str | None, 
     for case in index["cases"]:
         bundle = out / f"{case['label']}.ireeprof"
         args = [f"--module={folder / case['file']}", f"--device={device}", "--function=step",
-                *[f"--input={x}" for x in case["inputs"]], f"--benchmark_repetitions={repetitions}"]
+                *[f"--input=@{folder / x[1:]}" if x.startswith("@") else f"--input={x}" for x in case["inputs"]],
+                f"--benchmark_repetitions={repetitions}"]
         profiling = [] if mode == "none" else [f"--device_profiling_mode={mode}", f"--device_profiling_output={bundle}"]
         t0 = time.perf_counter()
         text = [f"# {case['label']} ({case['n']} elements, reduction {case['reduction']}) on {device}, mode {mode}", ""]

@@ -178,8 +178,9 @@ def bare_peer(path, params: list[np.ndarray], grads: list[np.ndarray], driver: s
     s0 = s0 if isinstance(s0, tuple) else (s0,)
     groups["state"] = [dev.upload(cfg.device, np.asarray(a.to_host())) for a in s0]  # own buffer per leaf
     if "segments" in inputs:
-        ids = _segment_ids(sum(int(np.size(x)) for x in params), segments)["segment_ids"]
-        groups["segments"] = [dev.upload(cfg.device, ids.reshape(-1, 1))]
+        ids = _segment_ids(sum(int(np.size(x)) for x in params), segments)
+        # every leaf of the group (a "tree" module's segment_bounds too), as the runtime makes them
+        groups["segments"] = [dev.upload(cfg.device, a) for a in pr.load(data, device=driver)._segment_arrays("bare", ids)]
     idx = int(np.argmin([int(np.prod(a.shape)) for a in groups["state"]]))
     f = fns["step"]
     k = len(groups["params"])

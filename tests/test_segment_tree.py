@@ -199,7 +199,7 @@ def test_manifest_names_the_reduction_and_unknown_ones_are_refused(big_lamb):
     raw = json.loads(big_lamb[3].manifest.to_json())
     (note,) = raw["segments"].pop("notes")  # LAMB only sums: the aligned form would serve it faster
     assert "--segment-reduction aligned" in note and "faster than this tree module" in note
-    assert raw["segments"] == {"leaves": ["segment_ids"], "max": 16, "reduction": "tree"}
+    assert raw["segments"] == {"leaves": ["segment_ids", "segment_bounds"], "derived": ["segment_bounds"], "max": 16, "reduction": "tree"}
     raw["segments"]["reduction"] = "prefix-sum"
     with pytest.raises(pr.ModuleError, match="segments.reduction 'prefix-sum'.*'scatter', 'tree'.*upgrade"):
         Manifest.from_dict(raw)
@@ -266,42 +266,46 @@ def test_cpu_devices_get_the_caching_allocator(monkeypatch):
         dev.device_allocators("local-sync")
 
 
-# -- the blocked bounds search (segments.bounds_search; a GPU A/B prepared, thirteenth pass) ---
-def _check_blocked_bounds(ids: np.ndarray, num: int) -> None:
-    from polaris._src.segments import _blocked_bounds
+# -- segment_bounds: where each run starts, computed once by the runtime (fourteenth pass) ------
+def test_given_bounds_replace_the_search_and_give_the_same_sums():
+    """``flat_segments(..., segment_bounds=...)``: the runs are read, not searched for (fewer
+    operations traced), and every sum and count is the same; bounds of the wrong length are refused."""
+    rng = np.random.default_rng(5)
+    ids = np.repeat(np.arange(6, dtype=np.int32), [3, 40, 1, 0, 300, 17])
+    x = rng.standard_normal(ids.size).astype(np.float32)
+    bounds = np.searchsorted(ids, np.arange(9), side="left").astype(np.int32)
 
-    want = np.searchsorted(ids, np.arange(num + 1), side="left")
-    np.testing.assert_array_equal(_blocked_bounds(jnp.asarray(ids, jnp.int32), num), want)
+    def given(v, i, b):
+        with flat_segments(i, 8, reduction="tree", segment_bounds=b) as ctx:
+            return ctx.sums(v), ctx.counts(v)
+
+    def searched(v, i):
+        with flat_segments(i, 8, reduction="tree") as ctx:
+            return ctx.sums(v), ctx.counts(v)
+
+    for a, b in zip(jax.jit(given)(x, ids, bounds), jax.jit(searched)(x, ids), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert len(jax.make_jaxpr(given)(x, ids, bounds).eqns) < len(jax.make_jaxpr(searched)(x, ids).eqns)
+    with pytest.raises(ValueError, match="segment_bounds has 8 entries; expected num_segments \\+ 1 = 9"):
+        given(x, ids, bounds[:-1])
 
 
-@pytest.mark.parametrize(("n", "num", "kind"), [(1, 3, "random"), (2, 1, "zeros"), (17, 5, "past"), (1000, 40, "random"),
-                                                (4097, 7, "past"), (4097, 7, "zeros")])
-def test_blocked_bounds_equal_a_binary_search(n, num, kind):
-    """Absent segments, ids past ``num``, one id throughout; window edges (17 = 5 x 4 - 3)."""
-    rng = np.random.default_rng(n + num)
-    hi = {"random": num, "past": num + 3, "zeros": 1}[kind]
-    _check_blocked_bounds(np.sort(rng.integers(0, hi, n)), num)
+def test_the_runtime_computes_the_bounds_of_a_tree_module(big_lamb):
+    """A tree module takes ``segment_bounds`` beside ``segment_ids``; the runtime computes it
+    from the ids (a Packing, a dict, upload_segments) and the C header says how."""
+    from polaris_runtime.cheader import c_header
 
-
-@pytest.mark.slow  # a sweep: each example traces its own shapes
-@settings(max_examples=25, deadline=None)
-@given(st.integers(1, 3000), st.integers(1, 40), st.integers(0, 2**31))
-def test_blocked_bounds_property(n, num, seed):
-    rng = np.random.default_rng(seed)
-    _check_blocked_bounds(np.sort(rng.integers(0, num + rng.integers(0, 3), n)), num)
-
-
-def test_a_tree_module_traced_with_blocked_bounds_steps_bit_for_bit_like_the_binary_one(big_lamb):
-    from polaris._src import segments
-    from polaris_compiler import compile_optimizer
-
-    params, flat, packing, binary = big_lamb
-    with segments.bounds_search("blocked"):
-        art = compile_optimizer(CASES["lamb"](), Layout.flat(size=packing.size), name="lamb", segment_reduction="tree", max_segments=16)
-    blocked = pr.load(art.vmfb, device="local-task")
-    grads = [random_tree(np.random.default_rng(9), BIG) for _ in range(3)]
-    a, b = (np.asarray(_run_packed(opt, flat, packing, grads).numpy()) for opt in (binary, blocked))
-    np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="`method` must be one of 'binary', 'blocked'"):
-        with segments.bounds_search("linear"):
-            pass
+    _params, flat, packing, opt = big_lamb
+    spec = opt.manifest.group("segments")[1]
+    assert (spec.name, spec.shape, spec.dtype) == ("segment_bounds", (17, 1), "int32")
+    want = np.searchsorted(packing.segment_ids, np.arange(17), side="left").reshape(-1, 1)
+    for given in (packing, {"segment_ids": packing.segment_ids}):
+        seg = opt.upload_segments(given)
+        np.testing.assert_array_equal(seg["segment_bounds"], want)
+    p1, _ = opt.step(flat, flat * 0.01, opt.init(flat), segments={"segment_ids": packing.segment_ids})
+    p2, _ = opt.step(flat, flat * 0.01, opt.init(flat), segments=packing)
+    np.testing.assert_array_equal(p1.numpy(), p2.numpy())
+    header = c_header(opt.manifest, prefix="lamb")
+    assert "segments/segment_bounds is not given by the model but computed from segments/segment_ids" in header
+    with pytest.raises(pr.BindingError, match=r"needs segments=, the tensor boundaries of the packed model \(segment_ids, int32"):
+        opt.step(flat, flat, opt.init(flat))

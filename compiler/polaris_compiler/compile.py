@@ -192,6 +192,13 @@ def _compile_optimizer(
         p_leaves, _, state_shape, s_leaves, _ = _abstract(tx, layout)
     block_sums = _aligned_block_sums(layout, max_segments, options) if aligned else "tree"
     seg_leaves = [_segment_struct(layout, aligned)] * n_seg if seg_names else []
+    if reduction == "tree" and "segment_ids" in seg_names:
+        # where each tensor's run starts, computed by the runtime once, at upload: the module
+        # reads the runs instead of searching the ids in every step (21 of 56 barrier-separated
+        # stages of LAMB's CUDA step at 1e6; docs/performance.md, fourteenth pass)
+        seg_names = [*seg_names, "segment_bounds"]
+        seg_leaves = [*seg_leaves, jax.ShapeDtypeStruct((max_segments + 1, 1), jnp.int32)]
+        n_seg = len(seg_names)
     # "aligned": the transforms see every flat vector as (n / 16, 16) blocks (segments.py)
     blocks = functools.partial(_as_blocks, n=layout.tree.shape[0]) if aligned else list
 
@@ -201,6 +208,7 @@ def _compile_optimizer(
         ids = dict(zip(seg_names, seg, strict=True))
         return flat_segments(
             ids.get("segment_ids"), max_segments, row_ids=ids.get("row_ids"), num_rows=max_rows, reduction=reduction,
+            segment_bounds=ids.get("segment_bounds"),
             # several sums in one scatter, 4 accumulators a segment: measured on CPUs only
             block_sums=block_sums, shared_scatter=options.cpu_only, scatter_lanes=SCATTER_LANES if options.cpu_only else 1,
         )
@@ -275,6 +283,8 @@ def _compile_optimizer(
         for fname in ("update", "step"):
             manifest["functions"][fname]["inputs"].append("segments")
         manifest["segments"] = {"leaves": list(seg_names)}
+        if "segment_bounds" in seg_names:  # not the caller's: the runtime computes it from segment_ids
+            manifest["segments"]["derived"] = ["segment_bounds"]
         if "segment_ids" in seg_names:
             manifest["segments"]["max"] = max_segments
             manifest["segments"]["reduction"] = reduction  # "tree": segment_ids must be non-decreasing

@@ -23,8 +23,9 @@ length ``n``. Most transforms are element-wise and do not care; a few reduce *pe
     (:meth:`FlatSegments.sums_of`) and each segment accumulate in 4 lanes (``_scatter_sum``;
     docs/performance.md, twelfth pass).
   - ``"tree"``: ids must be **non-decreasing** (each tensor one contiguous run, in order: what
-    a packing makes) and the length static. Each tensor's run ``[start, end)`` is found by a
-    binary search of the ids (or two compare-and-count passes: :func:`bounds_search`), and
+    a packing makes) and the length static. Each tensor's run ``[start, end)`` is read from
+    ``segment_bounds`` where given (compiled modules: the runtime computes it at upload), else
+    found by a binary search of the ids, and
     summed from a blocked pairwise tree (base 16) of the vector: dense reductions plus gathers
     of 2 x 16 elements per tensor and level. Work is ~n plus
     ``num_segments`` x 32 x log16(n) gathered elements, exact to pairwise summation.
@@ -56,16 +57,13 @@ the unit axis instead of a collapsed dimension for the same reason.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
-import math
 import threading
 from typing import Any
 
 import jax.numpy as jnp
 from jax import lax
 
-from polaris._src.tree_utils import _setting  # (tree_utils imports this module only inside functions)
 
 DEFAULT_MAX_SEGMENTS = 4096
 DEFAULT_MAX_ROWS = 1 << 20
@@ -74,39 +72,6 @@ SEGMENT_ALIGN = 16  # elements per block of the "aligned" reduction
 
 _F32 = jnp.float32
 _local = threading.local()
-
-# How the "tree" reduction finds each segment's run [start, end) in non-decreasing ids:
-# "binary" (default): a binary search, log2(n) dependent gathers (21 serial dispatches at 1e6 on
-# CUDA); "blocked": two compare-and-count passes over a sqrt(n) sample and one sqrt(n) window
-# (2 dispatches, ~num_segments x 2 sqrt(n) compares). On an H100 a LAMB step took 0.45 -> 0.41 ms
-# with it at 1000064 but 0.78 -> 1.21 ms at 1e7 (bench/results/2026-11-26-nvidia-h100-lamb-search.md;
-# docs/performance.md, fourteenth pass), so no target uses it by default.
-BOUNDS_SEARCHES = ("binary", "blocked")
-_BOUNDS_SEARCH = contextvars.ContextVar("polaris_bounds_search", default="binary")
-
-
-def bounds_search(method: str):
-    """Within the block, the ``"tree"`` reduction finds segment runs by ``method``
-    (:data:`BOUNDS_SEARCHES`). The bounds, and so every result, are the same either way."""
-    if method not in BOUNDS_SEARCHES:
-        raise ValueError(f"bounds_search: `method` must be one of {', '.join(map(repr, BOUNDS_SEARCHES))}, got {method!r}")
-    return _setting(_BOUNDS_SEARCH, method)
-
-
-def _blocked_bounds(ids, num: int):
-    """``searchsorted(ids, arange(num + 1), side="left")`` for non-decreasing int32 ``ids`` of
-    static length ``n``, in two dependent passes: count the samples ``ids[::w]`` below each
-    query (w = ceil(sqrt(n))), which names the window of w elements where the first id >= k
-    lies, then count the ids below k in that window."""
-    n = ids.shape[0]
-    w = math.isqrt(n - 1) + 1  # ceil(sqrt(n)), n >= 1
-    q = jnp.arange(num + 1, dtype=jnp.int32)[:, None]
-    c = jnp.sum((ids[::w][None, :] < q).astype(jnp.int32), axis=1)
-    base = jnp.maximum(c - 1, 0) * w
-    idx = base[:, None] + jnp.arange(w, dtype=jnp.int32)[None, :]
-    below = (idx < n) & (jnp.take(ids, jnp.clip(idx, 0, n - 1)) < q)
-    return jnp.where(c == 0, 0, base + jnp.sum(below.astype(jnp.int32), axis=1)).astype(jnp.int32)
-
 
 @dataclasses.dataclass
 class FlatSegments:
@@ -122,6 +87,11 @@ class FlatSegments:
     counted: bool = False  # a trace divided by element counts (per-tensor means): never "aligned"
     shared_scatter: bool = True  # sums_of: one scatter of several columns ("scatter" reduction)
     scatter_lanes: int = 1  # accumulators per segment of a scatter (_scatter_sum)
+    # "tree": int32 (num_segments + 1,) (or (num_segments + 1, 1)), bounds[k] = the first index
+    # whose id is >= k (searchsorted(ids, arange(num + 1), "left")); given, the runs are read
+    # from it instead of searched for (a compiled module takes it from the runtime, which
+    # computes it once when the ids are uploaded)
+    segment_bounds: Any = None
 
     # -- the two primitives every helper is built from ---------------------------------------
     # Helpers reduce into segment space ((num,) vectors), compute there, and broadcast back once:
@@ -190,13 +160,22 @@ class FlatSegments:
                 f"got length {n}; compile a fixed-size flat module (Layout.flat(size=N), "
                 f"polaris compile ... --size N) or use reduction='scatter'"
             )
-        # IREE's CSE folds the searches of several reductions over the same ids into one.
-        if _BOUNDS_SEARCH.get() == "blocked":
-            bounds = _blocked_bounds(ids_col[:, 0], self.num_segments)
-        else:
-            bounds = jnp.searchsorted(
-                ids_col[:, 0], jnp.arange(self.num_segments + 1, dtype=jnp.int32), side="left", method="scan_unrolled"
-            ).astype(jnp.int32)
+        if self.segment_bounds is not None and self.reduction == "tree":
+            bounds = jnp.asarray(self.segment_bounds).reshape(-1).astype(jnp.int32)
+            if bounds.shape[0] != self.num_segments + 1:
+                raise ValueError(
+                    f"{what}: segment_bounds has {bounds.shape[0]} entries; expected num_segments + 1 = "
+                    f"{self.num_segments + 1} (searchsorted(segment_ids, arange(num_segments + 1)))"
+                )
+            return bounds[:-1], bounds[1:]
+        # A binary search: log2(n) dependent gathers (21 barrier-separated stages of LAMB's CUDA
+        # step at 1e6). IREE's CSE folds the searches of several reductions over the same ids into
+        # one. Two compare-and-count passes over a sqrt(n) sample and a sqrt(n) window instead
+        # took an H100's LAMB step 0.45 -> 0.41 ms at 1000064 but 0.78 -> 1.21 ms at 1e7
+        # (docs/performance.md, fourteenth pass); compiled modules take the bounds instead.
+        bounds = jnp.searchsorted(
+            ids_col[:, 0], jnp.arange(self.num_segments + 1, dtype=jnp.int32), side="left", method="scan_unrolled"
+        ).astype(jnp.int32)
         return bounds[:-1], bounds[1:]
 
     def broadcast(self, per_segment, kind: str = "segment_ids"):
@@ -412,6 +391,7 @@ def flat_segments(
     block_sums: str = "tree",
     shared_scatter: bool = True,
     scatter_lanes: int = 1,
+    segment_bounds=None,
 ):
     """Makes per-tensor transforms reduce per segment of a flat parameter vector.
 
@@ -431,6 +411,9 @@ def flat_segments(
         (:meth:`FlatSegments.sums_of`; ``True``, the default) or take one each.
       scatter_lanes: accumulators per segment of every scatter (1, the default: one); the
         compiler takes 4 for CPU targets (``_scatter_sum``).
+      segment_bounds: ``"tree"`` only, optional: int32 ``[num_segments + 1]``, where each
+        tensor's run starts (``searchsorted(segment_ids, arange(num_segments + 1), "left")``).
+        Given, the runs are read from it instead of searched for in every step.
 
     Yields the :class:`FlatSegments` context; its ``used`` set names the ids a trace needed.
     """
@@ -447,7 +430,7 @@ def flat_segments(
         raise ValueError(f"flat_segments: `block_sums` must be 'tree' or 'scatter', got {block_sums!r}")
     ctx = FlatSegments(
         segment_ids, num_segments, row_ids, num_rows, reduction=reduction, block_sums=block_sums,
-        shared_scatter=bool(shared_scatter), scatter_lanes=scatter_lanes,
+        shared_scatter=bool(shared_scatter), scatter_lanes=scatter_lanes, segment_bounds=segment_bounds,
     )
     stack = getattr(_local, "stack", None)
     if stack is None:

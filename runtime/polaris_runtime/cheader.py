@@ -76,6 +76,10 @@ def c_header(manifest: Manifest, prefix: str = "polaris", source: str | None = N
     w(" * same symbol must have the same length at run time.")
     if m.functions.get("step", None) is not None and m.functions["step"].donates:
         w(" * Donated groups are written in place: the result buffers alias those arguments.")
+    if "segment_bounds" in ((m.segments or {}).get("derived") or ()):
+        w(" * segments/segment_bounds is not given by the model but computed from segments/segment_ids")
+        w(" * (non-decreasing): element k is the first index whose id is >= k, for k = 0 .. max, that is")
+        w(" * numpy.searchsorted(segment_ids, arange(max + 1), 'left'); compute it once, with the ids.")
     asynchronous = m.target.get("execution") == "async"
     if asynchronous:
         w(" * ASYNC (compiled with --async): every function takes two more arguments after those listed,")

@@ -444,6 +444,16 @@ def resolve_order(order: str | None, asynchronous: bool, driver: str, path: str 
     return order
 
 
+def _derived_segments(name: str, given: dict[str, np.ndarray], info: dict) -> np.ndarray:
+    """A segments leaf the runtime computes: ``segment_bounds`` (a "tree" module), where each
+    tensor's run of the non-decreasing ``segment_ids`` starts, ``(max + 1, 1)`` int32."""
+    if name != "segment_bounds":
+        raise ModuleError(f"the module's manifest names a derived segments leaf {name!r} this runtime does not know; upgrade polaris-iree-runtime")
+    ids = given["segment_ids"][:, 0]
+    bounds = np.searchsorted(ids, np.arange(int(info["max"]) + 1), side="left")
+    return np.ascontiguousarray(bounds.reshape(-1, 1), dtype=np.int32)
+
+
 def _check_non_decreasing(fname: str, ids: np.ndarray, reduction: str = "tree", unit: str = "element") -> None:
     """segment_ids of a module whose segments.reduction is "tree" or "aligned": each tensor one
     run, in order."""
@@ -590,7 +600,8 @@ class Optimizer(Module):
             raise BindingError(
                 f"{fname}(): this flat module ({self.manifest.name}: "
                 f"{' |> '.join(self.manifest.composition) or '?'}) reduces per tensor and needs "
-                f"segments=, the tensor boundaries of the packed model ({', '.join(seg.get('leaves', []))}, "
+                f"segments=, the tensor boundaries of the packed model "
+                f"({', '.join(x for x in seg.get('leaves', []) if x not in seg.get('derived', ()))}, "
                 f"int32[n]): flat, packing = polaris_runtime.pack.pack(params_tree), then pass "
                 f"segments=packing (or opt.upload_segments(packing), once); see docs/flat-modules.md"
             )
@@ -635,9 +646,12 @@ class Optimizer(Module):
         )
 
     def _segment_arrays(self, fname: str, segments) -> list[np.ndarray]:
-        """The ``segments`` group's leaves as (n, 1) int32 host arrays, range-checked."""
-        specs = self.manifest.group("segments")
+        """The ``segments`` group's leaves as (n, 1) int32 host arrays, range-checked; a derived
+        leaf (``segment_bounds``) computed from the others."""
         info = self.manifest.segments or {}
+        derived = set(info.get("derived", ()))
+        all_specs = self.manifest.group("segments")
+        specs = tuple(s for s in all_specs if s.name not in derived)
         bounds = {"segment_ids": (0, info.get("max")), "row_ids": (-1, info.get("max_rows"))}
         counts = {"segment_ids": "num_segments", "row_ids": "num_rows"}
         trusted = False
@@ -697,7 +711,8 @@ class Optimizer(Module):
                     raise BindingError(self._too_many(fname, s.name, a_max + 1, hi))
             out.append(np.ascontiguousarray(a, dtype=np.int32))
         self._check_workgroup_limit(fname, out[0].shape[0])
-        return out
+        given = dict(zip((s.name for s in specs), out, strict=True))
+        return [given[s.name] if s.name in given else _derived_segments(s.name, given, info) for s in all_specs]
 
     def _too_many(self, fname: str, leaf: str, have: int, limit: int) -> str:
         what, opt = ("tensors", "max_segments") if leaf == "segment_ids" else ("rows", "max_rows")
