@@ -200,6 +200,7 @@ def test_manifest_names_the_reduction_and_unknown_ones_are_refused(big_lamb):
     (note,) = raw["segments"].pop("notes")  # LAMB only sums: the aligned form would serve it faster
     assert "--segment-reduction aligned" in note and "faster than this tree module" in note
     assert raw["segments"] == {"leaves": ["segment_ids", "segment_bounds"], "derived": ["segment_bounds"], "max": 16, "reduction": "tree"}
+    assert raw["schema_version"] == 3  # a runtime that does not compute segment_bounds refuses it
     raw["segments"]["reduction"] = "prefix-sum"
     with pytest.raises(pr.ModuleError, match="segments.reduction 'prefix-sum'.*'scatter', 'tree'.*upgrade"):
         Manifest.from_dict(raw)
@@ -288,6 +289,15 @@ def test_given_bounds_replace_the_search_and_give_the_same_sums():
     assert len(jax.make_jaxpr(given)(x, ids, bounds).eqns) < len(jax.make_jaxpr(searched)(x, ids).eqns)
     with pytest.raises(ValueError, match="segment_bounds has 8 entries; expected num_segments \\+ 1 = 9"):
         given(x, ids, bounds[:-1])
+
+
+def test_an_older_runtime_refuses_a_module_with_derived_segments(monkeypatch, big_lamb):
+    from polaris_runtime import manifest
+
+    raw = json.loads(big_lamb[3].manifest.to_json())
+    monkeypatch.setattr(manifest, "SUPPORTED_SCHEMA_VERSIONS", (1, 2))
+    with pytest.raises(pr.SchemaVersionError, match="schema version 3"):
+        Manifest.from_dict(raw)
 
 
 def test_the_runtime_computes_the_bounds_of_a_tree_module(big_lamb):

@@ -310,6 +310,8 @@ def _compile_optimizer(
     external = options.resolved().external_transients
     if external:
         manifest["schema_version"] = EXTERNAL_TRANSIENTS_SCHEMA_VERSION  # older runtimes cannot call it
+    if manifest.get("segments", {}).get("derived"):  # older runtimes would ask the caller for them
+        manifest["schema_version"] = DERIVED_SEGMENTS_SCHEMA_VERSION
     transients = ("update", "step") if external else ()
     art = _finish(parts, manifest, options, flags, t0, aliases, transients)
     art.notes.extend(layout_notes(options, layout.kind, layout.size, layout.flat_dtype))
@@ -330,6 +332,9 @@ def _abstract(tx, layout: Layout) -> tuple:
 # A module whose update/step take their transient storage from the caller needs a runtime that
 # passes it (polaris_runtime reads schema version 2 since it does).
 EXTERNAL_TRANSIENTS_SCHEMA_VERSION = 2
+# A module whose segments group has leaves the runtime computes (segment_bounds) needs a runtime
+# that computes them (polaris_runtime reads schema version 3 since it does).
+DERIVED_SEGMENTS_SCHEMA_VERSION = 3
 
 
 def _check_transient_sizes(vm: str, transients, flags, temps) -> None:

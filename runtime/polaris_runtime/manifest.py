@@ -29,7 +29,10 @@ SCHEMA = "polaris-iree/manifest"
 SCHEMA_VERSION = 1
 # 2: ``update``/``step`` also take their transient storage, a buffer after the arrays (modules
 # compiled with ``CompileOptions(external_transients=True)``; ``target.external_transients``).
-SUPPORTED_SCHEMA_VERSIONS = (1, 2)
+# 3: the ``segments`` group holds leaves the runtime computes from the others
+# (``segments.derived``: a "tree" module's ``segment_bounds``). A module gets the highest version
+# whose feature it uses.
+SUPPORTED_SCHEMA_VERSIONS = (1, 2, 3)
 REFLECTION_KEY = "polaris.manifest"
 
 DTYPES = ("float32", "float16", "bfloat16", "int32", "uint32", "int8", "bool")
