@@ -266,3 +266,23 @@ def test_gpu_drivers_read_small_arrays_through_the_staging_buffer():
     before = reads.tick
     np.testing.assert_array_equal(dev.to_host(dev.upload(d, np.float32(2.5))), np.float32(2.5))
     assert reads.tick == before + 1
+
+
+def test_a_process_that_read_through_the_staging_buffer_exits_cleanly():
+    """The staging buffers are IREE objects: freed at exit while their device exists (left to the
+    interpreter's shutdown, lavapipe's crashed the process: SIGSEGV after the last line)."""
+    import subprocess
+    import sys
+
+    from _devices import device_or_skip
+
+    device_or_skip("vulkan")
+    code = (
+        "import numpy as np\n"
+        "from polaris_runtime import device as dev\n"
+        "d = dev.config_for('vulkan').device\n"
+        "assert dev.to_host(dev.upload(d, np.float32(2.5))) == np.float32(2.5)\n"
+        "assert dev._SMALL_READS[id(d)].tick == 1\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import threading
 
@@ -203,6 +205,16 @@ class _SmallReads:
 
 
 _SMALL_READS: dict[int, _SmallReads] = {}
+
+
+@atexit.register
+def _release_small_reads_at_exit() -> None:
+    """Frees the staging buffers while their devices exist: left to the interpreter's shutdown,
+    a buffer released after its device crashed the process on exit (SIGSEGV, lavapipe)."""
+    for reads in list(_SMALL_READS.values()):
+        with reads.lock:
+            reads.buffer, reads.sem = False, None  # a read after this takes IREE's own path
+    gc.collect()
 
 
 def _needs_staging(device) -> bool:
