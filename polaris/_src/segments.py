@@ -25,9 +25,8 @@ length ``n``. Most transforms are element-wise and do not care; a few reduce *pe
   - ``"tree"``: ids must be **non-decreasing** (each tensor one contiguous run, in order: what
     a packing makes) and the length static. Each tensor's run ``[start, end)`` is read from
     ``segment_bounds`` where given (compiled modules: the runtime computes it at upload), else
-    found by a binary search of the ids, and
-    summed from a blocked pairwise tree (base 16) of the vector: dense reductions plus gathers
-    of 2 x 16 elements per tensor and level. Work is ~n plus
+    found by a binary search of the ids, and summed from a blocked pairwise tree (base 16) of
+    the vector: dense reductions plus gathers of 2 x 16 elements per tensor and level. Work is ~n plus
     ``num_segments`` x 32 x log16(n) gathered elements, exact to pairwise summation.
   - ``"aligned"``: every tensor starts at a multiple of :data:`SEGMENT_ALIGN` (16) elements, the
     packing padding each one with zeros (``polaris_runtime.pack.pack(tree, align=16)``). The
@@ -64,7 +63,6 @@ from typing import Any
 import jax.numpy as jnp
 from jax import lax
 
-
 DEFAULT_MAX_SEGMENTS = 4096
 DEFAULT_MAX_ROWS = 1 << 20
 SEGMENT_REDUCTIONS = ("scatter", "tree", "aligned")
@@ -72,6 +70,7 @@ SEGMENT_ALIGN = 16  # elements per block of the "aligned" reduction
 
 _F32 = jnp.float32
 _local = threading.local()
+
 
 @dataclasses.dataclass
 class FlatSegments:

@@ -166,42 +166,26 @@ class _SmallReads:
 
     def read(self, array) -> np.ndarray | None:
         """The array's contents, or None where this path does not serve it (too big, no buffer)."""
-        bv = array._buffer_view
-        source = bv.get_buffer()
+        source = array._buffer_view.get_buffer()
         nbytes = source.byte_length()
         if nbytes == 0 or nbytes > SMALL_READ_BYTES or self.buffer is False:
             return None
-        dtype = rt.HalElementType.map_to_dtype(bv.element_type)
-        shape = tuple(bv.shape)
         with self.lock:
             if self.buffer is None:
                 try:
-                    self.buffer = self.device.allocator.allocate_buffer(
-                        memory_type=int(rt.MemoryType.HOST_LOCAL | rt.MemoryType.DEVICE_VISIBLE),
-                        allowed_usage=int(rt.BufferUsage.TRANSFER_TARGET | rt.BufferUsage.MAPPING_SCOPED),
-                        allocation_size=SMALL_READ_BYTES,
-                    )
+                    self.buffer = _staging_buffer(self.device, SMALL_READ_BYTES)
                     self.sem = self.device.create_semaphore(0)
                 except (RuntimeError, ValueError):  # no host-visible memory: the general path serves
                     self.buffer = False
                     return None
             t = self.tick
             try:
-                self.device.queue_copy(
-                    source,
-                    self.buffer,
-                    wait_semaphores=rt.HalFence.create_at(self.sem, t),
-                    signal_semaphores=rt.HalFence.create_at(self.sem, t + 1),
-                )
+                _queue_copy(self.device, source, self.buffer, self.sem, t)
             except (RuntimeError, ValueError):  # refused before it was queued: the general path serves
                 self.buffer = False
                 return None
             self.tick = t + 1
-            rt.HalFence.create_at(self.sem, t + 1).wait()
-            out = np.array(self.buffer.map().asarray(shape, dtype), copy=True)
-        if array._override_dtype is not None and array._override_dtype != dtype:
-            out = out.astype(array._override_dtype)
-        return out
+            return _copied_out(array, self.buffer, self.sem, t + 1)
 
 
 _SMALL_READS: dict[int, _SmallReads] = {}
@@ -222,29 +206,39 @@ def _needs_staging(device) -> bool:
 
 
 def _staged_to_host(array) -> np.ndarray:
-    device = array._device
     bv = array._buffer_view
     source = bv.get_buffer()
-    dtype = rt.HalElementType.map_to_dtype(bv.element_type)
-    shape = tuple(bv.shape)
     nbytes = source.byte_length()
     if nbytes == 0:
-        return np.empty(shape, dtype)
-    staging = device.allocator.allocate_buffer(
+        return np.empty(tuple(bv.shape), rt.HalElementType.map_to_dtype(bv.element_type))
+    device = array._device
+    staging, sem = _staging_buffer(device, nbytes), device.create_semaphore(0)
+    _queue_copy(device, source, staging, sem, 0)
+    return _copied_out(array, staging, sem, 1)
+
+
+def _staging_buffer(device, nbytes: int):
+    """A host-visible buffer ``device`` can copy into and the host can map."""
+    return device.allocator.allocate_buffer(
         memory_type=int(rt.MemoryType.HOST_LOCAL | rt.MemoryType.DEVICE_VISIBLE),
         allowed_usage=int(rt.BufferUsage.TRANSFER_TARGET | rt.BufferUsage.MAPPING_SCOPED),
         allocation_size=nbytes,
     )
-    sem = device.create_semaphore(0)
+
+
+def _queue_copy(device, source, staging, sem, t: int) -> None:
+    """Queues the copy of ``source`` into ``staging`` after value ``t`` of ``sem``; it signals ``t + 1``."""
     device.queue_copy(
-        source,
-        staging,
-        wait_semaphores=rt.HalFence.create_at(sem, 0),
-        signal_semaphores=rt.HalFence.create_at(sem, 1),
+        source, staging, wait_semaphores=rt.HalFence.create_at(sem, t), signal_semaphores=rt.HalFence.create_at(sem, t + 1)
     )
-    rt.HalFence.create_at(sem, 1).wait()
-    mapped = staging.map()
-    out = np.array(mapped.asarray(shape, dtype), copy=True)
+
+
+def _copied_out(array, staging, sem, value: int) -> np.ndarray:
+    """``array``'s contents from ``staging`` once ``sem`` reaches ``value`` (its copy is done)."""
+    bv = array._buffer_view
+    dtype = rt.HalElementType.map_to_dtype(bv.element_type)
+    rt.HalFence.create_at(sem, value).wait()
+    out = np.array(staging.map().asarray(tuple(bv.shape), dtype), copy=True)
     if array._override_dtype is not None and array._override_dtype != dtype:
         out = out.astype(array._override_dtype)
     return out

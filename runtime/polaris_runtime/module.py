@@ -423,10 +423,10 @@ def resolve_order(order: str | None, asynchronous: bool, driver: str, path: str 
     """The ordering of an async module's calls (:func:`load`'s ``order``): ``None`` picks
     ``"stream"`` for async modules on CUDA with an IREE runtime it was checked on, else ``"fences"``;
     an explicit choice is checked against the module and the driver."""
-    if order is None:
-        version = _iree_version() if iree_version is None else iree_version
-        cuda = driver.split("://")[0] == "cuda"
-        return "stream" if asynchronous and cuda and version.startswith(STREAM_CHECKED_IREE) else "fences"
+    base = driver.split("://")[0]
+    if order is None:  # (the installed runtime's version is looked up only where it decides)
+        checked = asynchronous and base == "cuda" and (iree_version or _iree_version()).startswith(STREAM_CHECKED_IREE)
+        return "stream" if checked else "fences"
     if order not in ORDERS:
         raise ValueError(f"order={order!r} is not an ordering polaris knows; use one of: {', '.join(ORDERS)}")
     if order == "stream":
@@ -435,7 +435,6 @@ def resolve_order(order: str | None, asynchronous: bool, driver: str, path: str 
                 f"{path}: order='stream' is for modules compiled with --async (a synchronous module's "
                 f"calls already finish before they return); recompile with --async, or leave order as 'fences'"
             )
-        base = driver.split("://")[0]
         if base not in STREAM_ORDERED_DRIVERS:
             raise ModuleError(
                 f"order='stream' needs a driver that runs submissions in the order they are made "
