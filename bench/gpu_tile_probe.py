@@ -10,10 +10,13 @@ time with every 1-D ``TileAndFuse`` configuration rewritten to ``workgroup = [W]
 ``thread = [T]`` (``W / T`` threads). ``W`` must divide the length, or IREE falls back to scalar
 loads (checked here in the PTX: every case must keep its ``ld.global.nc.v4``).
 
+The same probe times a **split count** (``split_count``): the step's kernel otherwise waits for a
+1-thread dispatch that increments the step count, a dependent launch on every step.
+
 ``run`` (on the device host) checks each variant's parameters after 5 steps against the 128-wide
 module of the same length (the element-wise math is the same: bit-identical expected) and times
-``Optimizer``-level steps with the runtime's defaults (``order="stream"`` on CUDA), beside torch
-fused Adam and ``jax.jit(optax)`` of the same length, in one process.
+steps through the runtime with its defaults (``order="stream"`` on CUDA), beside torch fused Adam
+and ``jax.jit(optax)`` of the same length, in one process, ``--rounds`` times each.
 
     python bench/gpu_tile_probe.py build out/gpu-tiles                    # here (compiler)
     python bench/gpu_tile_probe.py run out/gpu-tiles --out OUT            # there (cuda)
@@ -21,9 +24,11 @@ fused Adam and ``jax.jit(optax)`` of the same length, in one process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import re
+import statistics
 import sys
 import tempfile
 
@@ -34,13 +39,14 @@ import numpy as np  # noqa: E402
 
 import _common as C  # noqa: E402
 
-# (length, workgroup elements, elements per thread); (W, T) = (128, 4) is IREE's own choice
+# (length, workgroup elements, elements per thread, split count); (W, T) = (128, 4) is IREE's own
+# choice. The fifteenth pass's first H200 run timed 1000064/1000448, 1e7, 10000384 and 1e8 with
+# W from 128 to 3200: only ~1e6 moved (0.78-0.88x with 512-1664), within noise or slower above.
 CASES = [
-    (1000064, 128, 4), (1000064, 1664, 4),
-    (1000448, 128, 4), (1000448, 512, 4), (1000448, 1024, 4), (1000448, 1024, 8),
-    (10**7, 128, 4), (10**7, 640, 4), (10**7, 3200, 4),
-    (10000384, 128, 4), (10000384, 512, 4), (10000384, 1024, 4), (10000384, 2048, 8),
-    (10**8, 128, 4), (10**8, 640, 4), (10**8, 1280, 4), (10**8, 1280, 8),
+    (1000448, 128, 4, False), (1000448, 512, 4, False), (1000448, 1024, 4, False), (1000448, 1024, 8, False),
+    (1000448, 128, 4, True), (1000448, 1024, 8, True),
+    (10**7, 128, 4, False), (10**7, 640, 4, False), (10**7, 128, 4, True),
+    (10**8, 128, 4, False), (10**8, 128, 4, True),
 ]
 _CONFIG = re.compile(r"lowering_config<\{thread = \[4\], workgroup = \[128\]\}>")
 _WG = "TileAndFuse> workgroup_size = [32, 1, 1]"
@@ -54,13 +60,50 @@ def rewrite(text: str, wg: int, per_thread: int) -> str | None:
     return text.replace(_WG, f"TileAndFuse> workgroup_size = [{wg // per_thread}, 1, 1]")
 
 
-def _label(n: int, wg: int, t: int) -> str:
-    return f"adam-{n}-w{wg}-t{t}"
+@contextlib.contextmanager
+def split_count():
+    """Adam traced with its bias corrections computed from the old count inside the kernel.
+
+    ``t = min(count, max - 1) + 1`` equals ``safe_increment(count)`` for every int32 count but is
+    written with other ops, so IREE does not merge the two: the element-wise kernel no longer
+    waits for the 1-thread dispatch that writes the new count (the two run concurrently; IREE
+    gives the new count a buffer of its own, the old one being read by the kernel).
+    """
+    from polaris._src import adam as A
+    from polaris._src import tree_utils as tu
+
+    old = {}
+    moments, correction = A.adam_moments, tu.bias_correction
+
+    def adam_moments(updates, state, b1, b2):
+        old["count"] = state.count
+        return moments(updates, state, b1, b2)
+
+    def bias_correction(m, decay, count):
+        del count
+        c = old["count"]
+        return correction(m, decay, (jnp.minimum(c, jnp.iinfo(tu.COUNT_DTYPE).max - 1) + 1).astype(tu.COUNT_DTYPE))
+
+    import jax.numpy as jnp
+
+    A.adam_moments, tu.bias_correction = adam_moments, bias_correction
+    try:
+        yield
+    finally:
+        A.adam_moments, tu.bias_correction = moments, correction
+
+
+def _label(n: int, wg: int, t: int, split: bool = False) -> str:
+    return f"adam-{n}-w{wg}-t{t}{'-split' if split else ''}"
 
 
 def parse_cases(text: str) -> list[tuple[int, int, int]]:
-    """``"N:W:T,N:W:T"`` (``N`` may be written ``1e7``)."""
-    return [tuple(int(float(x)) for x in c.split(":")) for c in text.split(",") if c]
+    """``"N:W:T[:split],..."`` (``N`` may be written ``1e7``)."""
+    cases = []
+    for c in filter(None, text.split(",")):
+        n, wg, t, *split = c.split(":")
+        cases.append((int(float(n)), int(wg), int(t), split == ["split"]))
+    return cases
 
 
 def build(folder: pathlib.Path, target: str, cases=None) -> None:
@@ -75,12 +118,13 @@ def build(folder: pathlib.Path, target: str, cases=None) -> None:
     base = CompileOptions(target=Target.parse(target), asynchronous=True)
     index = {"target": target, "versions": C.versions("iree-base-compiler", "jax", "polaris-iree"), "cases": []}
 
-    def compile_(n, extra):
+    def compile_(n, extra, split):
         opts = dataclasses.replace(base, extra_args=tuple(extra))
-        return compile_optimizer(spec.build(**options), Layout.flat(size=n), opts, name=name,
-                                 optimizer_options={**spec.defaults(), **options})
+        with split_count() if split else contextlib.nullcontext():
+            return compile_optimizer(spec.build(**options), Layout.flat(size=n), opts, name=name,
+                                     optimizer_options={**spec.defaults(), **options})
 
-    for n, wg, t in cases or CASES:
+    for n, wg, t, split in cases or CASES:
         if n % wg:
             raise SystemExit(f"{wg} does not divide {n}")
         with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +132,7 @@ def build(folder: pathlib.Path, target: str, cases=None) -> None:
             subs.mkdir()
             changed = 0
             if (wg, t) != (128, 4) and target == "cuda":
-                compile_(n, [f"--iree-hal-dump-executable-configurations-to={conf}"])
+                compile_(n, [f"--iree-hal-dump-executable-configurations-to={conf}"], split)
                 for f in conf.glob("configured_*.mlir"):
                     new = rewrite(f.read_text(), wg, t)
                     if new is not None:  # named as the executable: configured_<module>_<executable>.mlir
@@ -100,15 +144,15 @@ def build(folder: pathlib.Path, target: str, cases=None) -> None:
             extra = [f"--iree-hal-substitute-executable-configurations-from={subs}"] if changed else []
             if target == "cuda":
                 extra.append(f"--iree-hal-dump-executable-binaries-to={ptx}")
-            art = compile_(n, extra)
+            art = compile_(n, extra, split)
             vec = scalar = 0
             for p in ptx.glob("*.ptx"):
                 text = p.read_text()
                 vec += text.count("ld.global.nc.v4")
                 scalar += len(re.findall(r"ld\.global\.nc\.(?:b|f)32", text))
-        fname = _label(n, wg, t) + ".vmfb"
+        fname = _label(n, wg, t, split) + ".vmfb"
         art.save(folder / fname)
-        index["cases"].append({"n": n, "wg": wg, "t": t, "file": fname, "rewritten": changed,
+        index["cases"].append({"n": n, "wg": wg, "t": t, "split": split, "file": fname, "rewritten": changed,
                                "ptx_v4_loads": vec, "ptx_scalar_loads": scalar})
         C.say(f"  {fname}: {changed} executables rewritten, PTX v4 loads {vec}, scalar {scalar}")
         if target == "cuda" and not vec:
@@ -116,71 +160,88 @@ def build(folder: pathlib.Path, target: str, cases=None) -> None:
     (folder / "index.json").write_text(json.dumps(index, indent=1) + "\n")
 
 
-def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, target_s: float) -> int:
+def _case_label(case: dict) -> str:
+    split = ", split count" if case.get("split") else ""
+    return f"polaris w{case['wg']} t{case['t']} ({case['wg'] // case['t']} threads{split})"
+
+
+def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, target_s: float, rounds: int = 2) -> int:
+    """Every case and peer, ``rounds`` times through (the order reversed every other round)."""
     import gpu as G
     from gpu_percall import _measure
 
     out.mkdir(parents=True, exist_ok=True)
     on_gpu = not device.startswith("local")
     index = json.loads((folder / "index.json").read_text())
-    info = {"date": C.today(), "gpu": G.gpu_name() if on_gpu else C.cpu_model(), "device": device,
+    info = {"date": C.today(), "gpu": G.gpu_name() if on_gpu else C.cpu_model(), "device": device, "rounds": rounds,
             "built_with": index["versions"], "versions": C.versions("iree-base-runtime", "numpy", "torch", "jax", "jaxlib", "optax")}
     rows, ok = [], True
     rng = np.random.default_rng(11)
     for n in sorted({c["n"] for c in index["cases"]}):
         p = rng.standard_normal(n, dtype=np.float32)
         g = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3)
-        ref = None
-        for case in [c for c in index["cases"] if c["n"] == n]:
-            row = {k: case[k] for k in ("n", "wg", "t", "ptx_v4_loads", "ptx_scalar_loads")}
-            row["case"] = f"polaris w{case['wg']} t{case['t']} ({case['wg'] // case['t']} threads)"
+        cases = [c for c in index["cases"] if c["n"] == n]
+        group, ref = {}, None
+        for case in cases:  # correctness: 5 steps each, against the first (IREE's own tile)
+            row = group[case["file"]] = {k: case[k] for k in ("n", "wg", "t", "ptx_v4_loads", "ptx_scalar_loads")}
+            row.update(case=_case_label(case), split=bool(case.get("split")), steps=[])
             try:
                 got, _ = G.run_steps(folder / case["file"], device, p, g, 5)
-                if ref is None:
-                    ref = got
+                ref = got if ref is None else ref
                 row["max_abs_diff"] = float(np.max(np.abs(got - ref)))
                 ok = ok and row["max_abs_diff"] == 0.0
-                row.update(_measure(G.polaris_peer(folder / case["file"], device, p, g), repeats, target_s))
             except Exception as e:  # a failing case is a result
                 row["error"] = f"{type(e).__name__}: {e}"[:300]
                 ok = False
-            rows.append(row)
             G._free()
-            C.say(f"  {n} {row['case']}: " + (row.get("error") or f"{C.fmt_time(row['step'])} (diff {row['max_abs_diff']:.1e})"))
         peers = {"jax.jit(optax)": lambda: G.jax_peer("adam", "gpu" if on_gpu else "cpu", p, g)}
         if on_gpu:
             peers["torch fused"] = lambda: G.torch_peer("adam", "fused", p, g)
-        for label, make in peers.items():
-            row = {"n": n, "case": label}
-            try:
-                row.update(_measure(make(), repeats, target_s))
-            except Exception as e:
-                row["error"] = f"{type(e).__name__}: {e}"[:300]
+        for label in peers:
+            group[label] = {"n": n, "case": label, "steps": []}
+        for r in range(rounds):
+            order = list(group) if r % 2 == 0 else list(group)[::-1]
+            for key in order:
+                row = group[key]
+                if "error" in row:
+                    continue
+                try:
+                    timer = peers[key]() if key in peers else G.polaris_peer(folder / key, device, p, g)
+                    row["steps"].append(_measure(timer, repeats, target_s)["step"])
+                except Exception as e:
+                    row["error"] = f"{type(e).__name__}: {e}"[:300]
+                    ok = ok and key in peers
+                G._free()
+        for row in group.values():
+            if row["steps"]:
+                row["step"] = statistics.median(row["steps"])
             rows.append(row)
-            G._free()
-            C.say(f"  {n} {label}: " + (row.get("error") or C.fmt_time(row["step"])))
+            C.say(f"  {C.fmt_size(n)} {row['case']}: " + (row.get("error") or ", ".join(C.fmt_time(s) for s in row["steps"])))
         C.write_json(out / "tiles.json", {"info": info, "rows": rows})
-    lines = [f"# Wider CUDA workgroups for Adam's step: {info['date']}, {info['gpu']} ({device})", "",
+    lines = [f"# Wider CUDA workgroups and a split count for Adam's step: {info['date']}, {info['gpu']} ({device})", "",
              f"- runtime side: {info['versions']}; modules built with {info['built_with']}",
-             "- Adam `--size N --async`, the runtime's default order; step: (N steps + one sync) / N, median",
-             "- GB/s: 28 bytes a parameter / step; diff: max |params - the 128-wide module's| after 5 steps", "",
-             "| params | case | step | GB/s | x 128-wide | x torch fused | x jax | diff |", "|---|---|---|---|---|---|---|---|"]
+             "- Adam `--size N --async`, the runtime's default order; step: (N steps + one sync) / N, median of "
+             f"{repeats} repeats; each case timed {rounds} times, the cases' order reversed every other round",
+             "- GB/s: 28 bytes a parameter / the median step; diff: max |params - the first module's| after 5 steps", "",
+             "| params | case | step (median) | each round | GB/s | x IREE's tile | x torch fused | x jax | diff |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for n in sorted({r["n"] for r in rows}):
         group = [r for r in rows if r["n"] == n]
         at = {r["case"]: r.get("step") for r in group}
-        base = next((r.get("step") for r in group if r.get("wg") == 128), None)
+        base = next((r.get("step") for r in group if r.get("wg") == 128 and not r.get("split")), None)
         for r in group:
-            if "error" in r:
-                lines.append(f"| {C.fmt_size(n)} | {r['case']} | error: {r['error'][:150]} | | | | | |")
+            if "step" not in r:
+                lines.append(f"| {C.fmt_size(n)} | {r['case']} | error: {r.get('error', '?')[:150]} | | | | | | |")
                 continue
             s = r["step"]
 
             def x(v):
                 return f"{s / v:.3f}" if v else ""
 
-            lines.append(f"| {C.fmt_size(n)} | {r['case']} | {C.fmt_time(s)} | {28 * n / s / 1e9:.0f} | "
-                         f"{x(base) if 'wg' in r else ''} | {x(at.get('torch fused'))} | {x(at.get('jax.jit(optax)'))} | "
-                         f"{'' if 'max_abs_diff' not in r else format(r['max_abs_diff'], '.1e')} |")
+            diff = "" if "max_abs_diff" not in r else format(r["max_abs_diff"], ".1e")
+            lines.append(f"| {C.fmt_size(n)} | {r['case']} | {C.fmt_time(s)} | {', '.join(C.fmt_time(v) for v in r['steps'])} | "
+                         f"{28 * n / s / 1e9:.0f} | {x(base) if 'wg' in r else ''} | {x(at.get('torch fused'))} | "
+                         f"{x(at.get('jax.jit(optax)'))} | {diff} |")
     (out / "tiles.md").write_text("\n".join(lines) + "\n")
     print((out / "tiles.md").read_text())
     return 0 if ok else 1
@@ -201,11 +262,12 @@ def main(argv=None) -> int:
     r.add_argument("--device", default="cuda")
     r.add_argument("--repeats", type=int, default=7)
     r.add_argument("--target-s", type=float, default=0.03)
+    r.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args(argv)
     if args.cmd == "build":
         build(args.folder, args.target, args.cases)
         return 0
-    return run(args.folder, args.out, args.device, args.repeats, args.target_s)
+    return run(args.folder, args.out, args.device, args.repeats, args.target_s, args.rounds)
 
 
 if __name__ == "__main__":

@@ -117,14 +117,15 @@ def test_the_workgroup_probe_rewrites_cuda_configurations_and_dry_runs_on_the_cp
     """bench/gpu_tile_probe.py (fifteenth pass): for CUDA every 1-D element-wise configuration
     is widened and keeps its vector loads; on the CPU the run path gives identical parameters."""
     cuda = tmp_path / "cuda"
-    _run(BENCH / "gpu_tile_probe.py", "build", cuda, "--cases", "1024:128:4,1024:512:4,1024:1024:8")
+    _run(BENCH / "gpu_tile_probe.py", "build", cuda, "--cases", "1024:128:4,1024:512:4,1024:1024:8,1024:128:4:split")
     cases = json.loads((cuda / "index.json").read_text())["cases"]
-    assert [c["rewritten"] for c in cases] == [0, 2, 2], cases  # step and update each have one
-    assert [c["ptx_v4_loads"] for c in cases] == [7, 7, 14], cases  # 8-wide threads: two v4 per array
+    assert [c["rewritten"] for c in cases] == [0, 2, 2, 0], cases  # step and update each have one
+    assert [c["ptx_v4_loads"] for c in cases] == [7, 7, 14, 7], cases  # 8-wide threads: two v4 per array
     mods, out = tmp_path / "cpu", tmp_path / "out"
-    _run(BENCH / "gpu_tile_probe.py", "build", mods, "--target", "llvm-cpu", "--cases", "1024:128:4,1024:512:4")
+    _run(BENCH / "gpu_tile_probe.py", "build", mods, "--target", "llvm-cpu", "--cases", "1024:128:4,1024:512:4,1024:128:4:split")
     _run(BENCH / "gpu_tile_probe.py", "run", mods, "--out", out, "--device", "local-task", "--repeats", "2", "--target-s", "0.005")
     rows = json.loads((out / "tiles.json").read_text())["rows"]
-    assert [r["case"] for r in rows][:2] == ["polaris w128 t4 (32 threads)", "polaris w512 t4 (128 threads)"], rows
+    assert [r["case"] for r in rows][:3] == ["polaris w128 t4 (32 threads)", "polaris w512 t4 (128 threads)",
+                                             "polaris w128 t4 (32 threads, split count)"], rows
     assert not any("error" in r for r in rows), rows
-    assert all(r["max_abs_diff"] == 0.0 for r in rows if "wg" in r), rows
+    assert all(r["max_abs_diff"] == 0.0 and len(r["steps"]) == 2 for r in rows if "wg" in r), rows
