@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--target", default="cuda", help="cuda (default), or llvm-cpu / vulkan for a dry run")
     ap.add_argument("--cuda-arch", default="sm_80", help="sm_80 PTX also runs on Hopper (DESIGN.md)")
     ap.add_argument("--optimizers", type=C.parse_optimizers, default=list(C.OPTIMIZERS))
-    ap.add_argument("--fixed", type=C.parse_optimizers, default=["adam"], help="optimizers that also get fixed-length modules")
+    ap.add_argument("--fixed", type=C.parse_optimizers, default=["adam", "adamw", "sgd_momentum", "lion"],
+                    help="optimizers that also get fixed-length modules (the element-wise ones; flat LAMB's scatter is too slow to time)")
     ap.add_argument("--fixed-sizes", type=C.parse_sizes, default=[10**6, 10**7, 10**8])
     ap.add_argument("--no-async", dest="async_fixed", action="store_false",
                     help="skip the fixed-length modules built with IREE's async-external execution model (bench/gpu_async.py)")

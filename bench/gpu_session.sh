@@ -1,21 +1,20 @@
 #!/usr/bin/env bash
 # The GPU session in one command, on the device host (IREE runtime, numpy, torch, jax; no compiler).
 # What each result decides: docs/gpu-session.md.
-# Here first:   make gpu-modules          (builds out/gpu-check, out/gpu-modules, out/gpu-profile, out/gpu-percall,
-#                                          out/gpu-tiles)
+# Here first:   make gpu-modules          (builds out/gpu-check, out/gpu-modules, out/gpu-profile, out/gpu-percall)
 #               ../shared/gpu/prepare.sh  (puts the runtime wheel in .whl/, the Vulkan loader in .gl/)
 # There:        <the PREAMBLE line> bash bench/gpu_session.sh
-#               with carry = [".whl", ".gl", "out/gpu-check", "out/gpu-modules", "out/gpu-profile", "out/gpu-tiles"],
-#               timeout_s ~590
+#               with carry = [".whl", ".gl", "out/gpu-check", "out/gpu-modules", "out/gpu-profile"], timeout_s ~590
 # Writes everything to $R (/tmp/polaris-gpu) and packs it into $OUT/results.tgz, after every run
 # (the device tool returns at most 8 files; a cut-off session keeps what finished): check.log
 # (host facts first), check/gpu-check.{md,json} (correctness on local-task, cuda, vulkan),
-# bench.log, bench/<date>-<gpu>-gpu.{md,json} (timings vs torch, jax; the stream-ordered async
-# peers with their check against fences), async/async.{md,json} (bench/gpu_async.py: the
-# async-external A/B, with and without the step's transient, and the read-back bandwidth);
-# bench/gpu_verify.py's catalog table goes to check.log; profile/*.txt (bench/gpu_profile.py
-# --mode none: LAMB tree vs whole-vector step times); tiles/tiles.{md,json} (bench/gpu_tile_probe.py:
-# wider workgroups for the element-wise step, where out/gpu-tiles was carried). Unpack here: tar xzf results.tgz -C DIR.
+# bench.log, bench/<date>-<gpu>-gpu.{md,json} (timings vs torch, jax: every element-wise
+# optimizer's any-length, --size and --size --async modules, the stream-ordered async peers with
+# their check against fences); bench/gpu_verify.py's catalog table goes to check.log;
+# profile/*.txt (bench/gpu_profile.py --mode none: LAMB tree vs whole-vector step times). Answered
+# and left out since the fifteenth pass (docs/gpu-session.md): bench/gpu_async.py (the
+# async-external A/B) and bench/gpu_tile_probe.py (wider workgroups, a split count).
+# Unpack here: tar xzf results.tgz -C DIR.
 # Flat LAMB is left out of the timings: its scatter takes ~1 s a step at 1e7 (docs/performance.md).
 set -uo pipefail
 OUT=${OUT:-out/gpu-results}
@@ -23,22 +22,15 @@ R=${R:-/tmp/polaris-gpu}
 mkdir -p "$OUT" "$R"
 pack() { tar czf "$OUT/results.tgz" -C "$R" . 2>/dev/null; }
 { nvidia-smi; python3 -c "import iree.runtime, numpy; print('iree', iree.runtime.__file__)"; } > "$R/check.log" 2>&1
-# Wider element-wise workgroups for CUDA (fifteenth pass: bench/gpu_tile_probe.py), ~60-90 s
-if [ -d out/gpu-tiles ]; then
-  timeout 150 python3 bench/gpu_tile_probe.py run out/gpu-tiles --out "$R/tiles" > "$R/tiles.log" 2>&1
-  echo "tile probe exit $?" | tee -a "$R/tiles.log"; pack
-fi
 # LAMB's tree step (segment bounds as an input since the fourteenth pass) vs whole-vector, Adam: ~15 s
 timeout 45 python3 bench/gpu_profile.py run out/gpu-profile --out "$R/profile" --mode none > "$R/profile.log" 2>&1
 echo "gpu profile exit $?" | tee -a "$R/profile.log"; pack
 timeout 210 python3 bench/gpu_check.py run out/gpu-check --out "$R/check" --timeout 45 >> "$R/check.log" 2>&1
 echo "gpu_check exit $?" | tee -a "$R/check.log"; pack
-timeout 170 python3 bench/gpu.py --modules out/gpu-modules --out "$R/bench" --optimizers adam,adamw,sgd_momentum,lion > "$R/bench.log" 2>&1
+timeout 240 python3 bench/gpu.py --modules out/gpu-modules --out "$R/bench" --optimizers adam,adamw,sgd_momentum,lion > "$R/bench.log" 2>&1
 echo "gpu bench exit $?" | tee -a "$R/bench.log"; pack
 # the shipped catalog's CUDA modules against its x86_64 ones (bench/gpu_verify.py), into check.log
 timeout 60 python3 bench/gpu_verify.py --out /tmp/polaris-verify --device cuda >> "$R/check.log" 2>&1
 echo "catalog check exit $?" | tee -a "$R/check.log"; pack
-timeout 90 python3 bench/gpu_async.py --modules out/gpu-modules --out "$R/async" >> "$R/bench.log" 2>&1
-echo "gpu async exit $?" | tee -a "$R/bench.log"; pack
 grep -h "real_time_median" "$R"/profile/*.txt 2>/dev/null
-tail -n 40 "$R/tiles/tiles.md" "$R/check/gpu-check.md" "$R"/bench/*.md "$R/async/async.md" 2>/dev/null
+tail -n 40 "$R/check/gpu-check.md" "$R"/bench/*.md 2>/dev/null

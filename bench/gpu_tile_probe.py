@@ -18,6 +18,8 @@ module of the same length (the element-wise math is the same: bit-identical expe
 steps through the runtime with its defaults (``order="stream"`` on CUDA), beside torch fused Adam
 and ``jax.jit(optax)`` of the same length, in one process, ``--rounds`` times each.
 
+Outcome on an H200 (docs/performance.md, fifteenth pass): neither pays; neither is adopted.
+
     python bench/gpu_tile_probe.py build out/gpu-tiles                    # here (compiler)
     python bench/gpu_tile_probe.py run out/gpu-tiles --out OUT            # there (cuda)
 """
