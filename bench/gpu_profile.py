@@ -4,8 +4,9 @@ For the open GPU question of docs/gpu-session.md (LAMB 4.8-8x ``jax.jit(optax.la
 thirteenth and fourteenth passes of docs/performance.md). ``build`` compiles the modules to
 profile, here, with the defaults a user gets: LAMB ``--size`` (the tree reduction ``auto`` picks
 for GPU targets; since the fourteenth pass it takes the segment bounds from the runtime instead of
-searching for them every step) and ``--whole-vector`` at 1000064 and 1e7, Adam ``--size`` at 1e7
-for reference. ``run``, on the device host, calls each module's ``step`` with splat inputs (no
+searching for them every step), the same traced with ``bench/_tree_batched.py`` (every level's
+query at once: an experiment of the fifteenth pass), and ``--whole-vector`` at 1000064 and 1e7,
+Adam ``--size`` at 1e7 for reference. ``run``, on the device host, calls each module's ``step`` with splat inputs (no
 data files but the bounds: every value is a constant, the segment ids 0, which is one tensor,
 and the bounds those ids give, from a ``.npy`` beside the module) under ``iree-benchmark-module --device_profiling_mode=MODE`` and writes
 ``iree-profile statistics`` and ``dispatch`` of each bundle (every dispatch's count and device
@@ -21,6 +22,7 @@ run as ``python3 -m iree._runtime.scripts.<tool>``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import subprocess
@@ -36,9 +38,15 @@ import _common as C  # noqa: E402
 # before the bounds became an input (synchronous step, iree-benchmark-module): lamb-tree 0.452 ms
 # at 1000064, 0.783 ms at 1e7; lamb-whole 0.125 and 0.405 ms; adam-1e7 0.146 ms
 # (bench/results/2026-11-26-nvidia-h100-lamb-search.md)
+# The H200's after it (fifteenth pass; bench/results/2026-11-26-nvidia-h200-pass15-verify-lamb.md):
+# lamb-tree 0.413 / 0.693 ms, lamb-whole 0.111 / 0.406 ms, adam-1e7 0.113 ms. ``tree_batched``:
+# the tree traced with bench/_tree_batched.py (every level's query at once; 80 -> 37 dispatches
+# at 1000064).
 CASES = [
     ("lamb-tree-1000064", "lamb", 1000064, {}),
     ("lamb-tree-1e7", "lamb", 10**7, {}),
+    ("lamb-tree-batched-1000064", "lamb", 1000064, {"tree_batched": True}),
+    ("lamb-tree-batched-1e7", "lamb", 10**7, {"tree_batched": True}),
     ("lamb-whole-1000064", "lamb", 1000064, {"segments": False}),
     ("lamb-whole-1e7", "lamb", 10**7, {"segments": False}),
     ("adam-1e7", "adam", 10**7, {}),
@@ -57,6 +65,7 @@ def _splat(spec: dict) -> str:
 
 def build(folder: pathlib.Path, target: str) -> None:
     from polaris._src import registry
+    from _tree_batched import batched_tree
     from polaris_compiler import CompileOptions, Layout, Target, compile_optimizer
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -64,8 +73,10 @@ def build(folder: pathlib.Path, target: str) -> None:
     for label, key, n, kw in CASES:
         name, options = C.POLARIS[key]
         spec = registry.get(name)
-        art = compile_optimizer(spec.build(**options), Layout.flat(size=n), CompileOptions(target=Target.parse(target)),
-                                name=name, optimizer_options={**spec.defaults(), **options}, **kw)
+        kw = dict(kw)
+        with batched_tree() if kw.pop("tree_batched", False) else contextlib.nullcontext():
+            art = compile_optimizer(spec.build(**options), Layout.flat(size=n), CompileOptions(target=Target.parse(target)),
+                                    name=name, optimizer_options={**spec.defaults(), **options}, **kw)
         fname = f"{label}-{target}.vmfb"
         art.save(folder / fname)
         groups = art.manifest["groups"]
