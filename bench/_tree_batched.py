@@ -68,11 +68,8 @@ def tree_sum(x, starts, ends, base: int = S.TREE_BASE):
     same, live = lb == rb, l < r
     block = jnp.where(left, lb, rb)  # (levels, 2, k)
     t = jnp.arange(base, dtype=jnp.int32)
-    # left block: [lo, ro) when the run lies in one block, else [lo, base) if it starts mid-block;
-    # right block: [0, ro). (levels, 2, k, base)
-    take_l = (live & (same | (lo > 0)))[..., None] & (t >= lo[..., None]) & (~same[..., None] | (t < ro[..., None]))
-    take_r = (live & ~same)[..., None] & (t < ro[..., None])
-    take = jnp.where(left[..., None], take_l, take_r)
+    take_l, take_r = S._partial_block_masks(lo, ro, same, live, t)  # (levels, 1, k, base) each
+    take = jnp.where(left[..., None], take_l, take_r)  # (levels, 2, k, base)
     acc = jnp.zeros(s.shape, jnp.float32)
     for j, a in enumerate(levels):
         acc = acc + _masked_slices_sum(a, block[j], take[j], t, base)

@@ -68,9 +68,11 @@ def split_count():
 
     ``t = min(count, max - 1) + 1`` equals ``safe_increment(count)`` for every int32 count but is
     written with other ops, so IREE does not merge the two: the element-wise kernel no longer
-    waits for the 1-thread dispatch that writes the new count (the two run concurrently; IREE
-    gives the new count a buffer of its own, the old one being read by the kernel).
+    depends on the 1-thread dispatch that writes the new count (IREE gives the new count a buffer
+    of its own, the old one being read by the kernel, instead of copying it into place).
     """
+    import jax.numpy as jnp
+
     from polaris._src import adam as A
     from polaris._src import tree_utils as tu
 
@@ -86,8 +88,6 @@ def split_count():
         c = old["count"]
         return correction(m, decay, (jnp.minimum(c, jnp.iinfo(tu.COUNT_DTYPE).max - 1) + 1).astype(tu.COUNT_DTYPE))
 
-    import jax.numpy as jnp
-
     A.adam_moments, tu.bias_correction = adam_moments, bias_correction
     try:
         yield
@@ -99,7 +99,7 @@ def _label(n: int, wg: int, t: int, split: bool = False) -> str:
     return f"adam-{n}-w{wg}-t{t}{'-split' if split else ''}"
 
 
-def parse_cases(text: str) -> list[tuple[int, int, int]]:
+def parse_cases(text: str) -> list[tuple[int, int, int, bool]]:
     """``"N:W:T[:split],..."`` (``N`` may be written ``1e7``)."""
     cases = []
     for c in filter(None, text.split(",")):
@@ -250,16 +250,9 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, targ
 
 
 def main(argv=None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build")
-    b.add_argument("folder", type=pathlib.Path)
+    ap, b, r = C.build_run_parser(__doc__, "compile the variants (here)", "time them (on the device host)")
     b.add_argument("--target", default="cuda", help="cuda, or llvm-cpu for a dry run (no rewriting)")
-    b.add_argument("--cases", type=parse_cases, default=None, help="N:W:T,... instead of CASES")
-    r = sub.add_parser("run")
-    r.add_argument("folder", type=pathlib.Path)
+    b.add_argument("--cases", type=parse_cases, default=None, help="N:W:T[:split],... instead of CASES")
     r.add_argument("--out", type=pathlib.Path, required=True)
     r.add_argument("--device", default="cuda")
     r.add_argument("--repeats", type=int, default=7)

@@ -314,9 +314,7 @@ def _tree_sum(x, starts, ends, base: int = TREE_BASE):
     while True:
         lo, ro, lb, rb = l % base, r % base, l // base, r // base
         same, live = lb == rb, l < r
-        # left block: [lo, ro) when the run lies in one block, else [lo, base) if it starts mid-block
-        take_l = (live & (same | (lo > 0)))[:, None] & (t >= lo[:, None]) & (~same[:, None] | (t < ro[:, None]))
-        take_r = (live & ~same)[:, None] & (t < ro[:, None])  # right block: [0, ro)
+        take_l, take_r = _partial_block_masks(lo, ro, same, live, t)
         acc = acc + _masked_block_sum(a, lb, take_l, t, base) + _masked_block_sum(a, rb, take_r, t, base)
         if a.shape[0] == 1:
             return acc
@@ -324,6 +322,16 @@ def _tree_sum(x, starts, ends, base: int = TREE_BASE):
         go = live & ~same & (nl < rb)
         l, r = jnp.where(go, nl, 0), jnp.where(go, rb, 0)
         a = _block_sums(a, base)
+
+
+def _partial_block_masks(lo, ro, same, live, t):
+    """The elements ``t`` a run takes from its left and its right partial block: the left one
+    holds ``[lo, ro)`` when the run lies in one block, else ``[lo, base)`` if the run starts
+    mid-block; the right one ``[0, ro)``. ``lo``, ``ro``, ``same`` and ``live`` are per run (any
+    leading shape), ``t`` the offsets in a block, broadcast against a trailing axis."""
+    take_l = (live & (same | (lo > 0)))[..., None] & (t >= lo[..., None]) & (~same[..., None] | (t < ro[..., None]))
+    take_r = (live & ~same)[..., None] & (t < ro[..., None])
+    return take_l, take_r
 
 
 def _masked_block_sum(a, block, mask, t, base: int):
