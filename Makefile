@@ -46,11 +46,12 @@ bench: $(STAMP)
 artifacts: $(STAMP)
 	$(PY) -m polaris_compiler.catalog build
 
-## make gpu-modules: the prebuilt modules a GPU session carries (bench/gpu_session.sh, gpu_profile.py and gpu_percall.py run them there)
+## make gpu-modules: the prebuilt modules a GPU session carries (bench/gpu_session.sh, gpu_profile.py, gpu_count_probe.py and gpu_percall.py run them there)
 gpu-modules: $(STAMP)
 	$(PY) bench/gpu_check.py build out/gpu-check
 	$(PY) bench/build_gpu_modules.py out/gpu-modules
 	$(PY) bench/gpu_profile.py build out/gpu-profile
+	$(PY) bench/gpu_count_probe.py build out/gpu-count
 	$(PY) bench/gpu_percall.py build out/gpu-percall
 
 clean:

@@ -129,3 +129,18 @@ def test_the_workgroup_probe_rewrites_cuda_configurations_and_dry_runs_on_the_cp
                                              "polaris w128 t4 (32 threads, split count)"], rows
     assert not any("error" in r for r in rows), rows
     assert all(r["max_abs_diff"] == 0.0 and len(r["steps"]) == 2 for r in rows if "wg" in r), rows
+
+
+@pytest.mark.slow
+def test_the_count_probe_dry_runs_on_the_cpu(tmp_path):
+    """bench/gpu_count_probe.py (sixteenth pass): its run path checks and times both modules and
+    the peers, and writes the report."""
+    mods, out = tmp_path / "cpu", tmp_path / "out"
+    _run(BENCH / "gpu_count_probe.py", "build", mods, "--target", "llvm-cpu", "--sizes", "1e4")
+    _run(BENCH / "gpu_count_probe.py", "run", mods, "--out", out, "--device", "local-task", "--repeats", "2",
+         "--target-s", "0.005", "--rounds", "2")
+    rows = json.loads((out / "count.json").read_text())["rows"]
+    assert [r["case"] for r in rows] == ["product raw", "ping-pong raw", "product runtime", "jax.jit(optax)"], rows
+    assert not any("error" in r for r in rows) and all(len(r["steps"]) == 2 for r in rows), rows
+    assert rows[1]["check"] == {"max_abs_diff": 0.0, "counts": [20, 20]}
+    assert "| 10k | ping-pong raw |" in (out / "count.md").read_text()
