@@ -321,13 +321,71 @@ def say(*a) -> None:
     print(*a, file=sys.stderr, flush=True)
 
 
-def build_run_parser(doc: str, build_help: str, run_help: str):
+def build_run_parser(doc: str, build_help: str, run_help: str, rounds: int | None = None):
     """``(parser, build, run)``: a script of two commands, ``build FOLDER`` (here: compile) and
-    ``run FOLDER`` (on the device host: run what ``build`` wrote), each to take more options."""
+    ``run FOLDER`` (on the device host: run what ``build`` wrote), each to take more options.
+    With ``rounds``, ``run`` takes a probe's timing options (``--out``, ``--device``,
+    ``--repeats``, ``--target-s``, and ``--rounds``, defaulting to ``rounds``)."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help=build_help)
     b.add_argument("folder", type=pathlib.Path)
     r = sub.add_parser("run", help=run_help)
     r.add_argument("folder", type=pathlib.Path)
+    if rounds is not None:
+        r.add_argument("--out", type=pathlib.Path, required=True)
+        r.add_argument("--device", default="cuda")
+        r.add_argument("--repeats", type=int, default=7)
+        r.add_argument("--target-s", type=float, default=0.03)
+        r.add_argument("--rounds", type=int, default=rounds)
     return ap, b, r
+
+
+# -- probes: build here, time there -----------------------------------------------------------
+def compile_bench_optimizer(key: str, size: int, options):
+    """``polaris_compiler.compile_optimizer`` of the benchmark's ``key`` optimizer (``POLARIS``)
+    on a flat layout of exactly ``size`` elements (imports the compiler: build side only)."""
+    from polaris._src import registry
+    from polaris_compiler import Layout, compile_optimizer
+
+    name, opts = POLARIS[key]
+    spec = registry.get(name)
+    return compile_optimizer(spec.build(**opts), Layout.flat(size=size), options, name=name,
+                             optimizer_options={**spec.defaults(), **opts})
+
+
+def time_in_rounds(group: dict[str, dict], make: dict[str, Callable[[], object]], rounds: int,
+                   measure: Callable[[object], float], free: Callable[[], None], may_fail=()) -> bool:
+    """Times every row of ``group`` (key -> row with a ``steps`` list) ``rounds`` times, the order
+    reversed every other round, each time from a fresh ``make[key]()`` timer; ``measure(timer)``
+    gives one step time. A row that fails keeps its ``error`` and is not retried. Returns False
+    when a row failed whose key is not in ``may_fail`` (the peers)."""
+    ok = True
+    for r in range(rounds):
+        for key in (list(group) if r % 2 == 0 else list(group)[::-1]):
+            row = group[key]
+            if "error" in row:
+                continue
+            try:
+                timer = make[key]()
+                row["steps"].append(measure(timer))
+                del timer
+            except Exception as e:  # a failing case is a result
+                row["error"] = f"{type(e).__name__}: {e}"[:300]
+                ok = ok and key in may_fail
+            free()
+    for row in group.values():
+        if row["steps"]:
+            row["step"] = statistics.median(row["steps"])
+    return ok
+
+
+def step_row(n: int, row: dict, bytes_per_param: int, ratios: list[float | None], last: str = "") -> str:
+    """A probe report's table row: ``| size | case | median step | each round | GB/s | row's step
+    / each of ratios | last |``, or the row's error in the step column."""
+    if "step" not in row:
+        return f"| {fmt_size(n)} | {row['case']} | error: {row.get('error', '?')[:150]} |" + " |" * (len(ratios) + 3)
+    s = row["step"]
+    cols = [f"{s / v:.3f}" if v else "" for v in ratios]
+    return (f"| {fmt_size(n)} | {row['case']} | {fmt_time(s)} | {', '.join(fmt_time(v) for v in row['steps'])} | "
+            f"{bytes_per_param * n / s / 1e9:.0f} | {' | '.join(cols)} | {last} |")

@@ -34,7 +34,6 @@ import contextlib
 import json
 import pathlib
 import re
-import statistics
 import sys
 import tempfile
 
@@ -112,25 +111,21 @@ def vm_ops(vmfb_mlir: str) -> dict:
 
 
 def build(folder: pathlib.Path, target: str, sizes=SIZES) -> None:
-    import iree.compiler as ic
+    import dataclasses
 
-    from polaris._src import registry
-    from polaris_compiler import CompileOptions, Layout, Target, compile_optimizer
+    import iree.compiler as ic
     from gpu_tile_probe import split_count
 
+    from polaris_compiler import CompileOptions, Target
+
     folder.mkdir(parents=True, exist_ok=True)
-    name, options = C.POLARIS["adam"]
-    spec = registry.get(name)
     opts = CompileOptions(target=Target.parse(target), asynchronous=True)
     index = {"target": target, "versions": C.versions("iree-base-compiler", "jax", "polaris-iree"), "cases": []}
     for n in sizes:
         case = {"n": n}
         for kind in ("product", "ping-pong"):
             with tempfile.TemporaryDirectory() as tmp, (split_count() if kind == "ping-pong" else contextlib.nullcontext()):
-                import dataclasses
-
-                art = compile_optimizer(spec.build(**options), Layout.flat(size=n), dataclasses.replace(opts, save_temps=tmp),
-                                        name=name, optimizer_options={**spec.defaults(), **options})
+                art = C.compile_bench_optimizer("adam", n, dataclasses.replace(opts, save_temps=tmp))
                 flags = art.flags
                 text = pathlib.Path(tmp, "module.mlir").read_text()
             state = [s["name"] for s in art.manifest["groups"]["state"]]
@@ -235,24 +230,14 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, targ
         if on_gpu:
             makers["torch fused"] = lambda: G.torch_peer("adam", "fused", p, g)
         group = {k: {"n": n, "case": k, "steps": []} for k in makers}
-        for r in range(rounds):
-            for key in (list(group) if r % 2 == 0 else list(group)[::-1]):
-                row = group[key]
-                if "error" in row:
-                    continue
-                try:
-                    timer = makers[key]()
-                    if isinstance(timer, RawStep):
-                        timer = C.Timer(timer.step, timer.sync)
-                    row["steps"].append(_measure(timer, repeats, target_s)["step"])
-                    del timer
-                except Exception as e:
-                    row["error"] = f"{type(e).__name__}: {e}"[:300]
-                    ok = ok and key in ("torch fused", "jax.jit(optax)")
-                G._free()
+
+        def measure(timer):
+            if isinstance(timer, RawStep):
+                timer = C.Timer(timer.step, timer.sync)
+            return _measure(timer, repeats, target_s)["step"]
+
+        ok = C.time_in_rounds(group, makers, rounds, measure, G._free, may_fail=("torch fused", "jax.jit(optax)")) and ok
         for key, row in group.items():
-            if row["steps"]:
-                row["step"] = statistics.median(row["steps"])
             if key in ("product raw", "ping-pong raw"):
                 kind = "product" if key.startswith("product") else "ping-pong"
                 row["vm_ops"] = case[kind]["vm_ops"]
@@ -277,19 +262,9 @@ def _report(out: pathlib.Path, info: dict, rows: list, repeats: int, rounds: int
     for n in sorted({r["n"] for r in rows}):
         at = {r["case"]: r.get("step") for r in rows if r["n"] == n}
         for r in (r for r in rows if r["n"] == n):
-            if "step" not in r:
-                lines.append(f"| {C.fmt_size(n)} | {r['case']} | error: {r.get('error', '?')[:150]} | | | | | | |")
-                continue
-            s = r["step"]
-
-            def x(v):
-                return f"{s / v:.3f}" if v else ""
-
             chk = r.get("check", {})
             chk = chk.get("error", "") or (f"{chk['max_abs_diff']:.1e}, counts {chk['counts']}" if chk else "")
-            lines.append(f"| {C.fmt_size(n)} | {r['case']} | {C.fmt_time(s)} | {', '.join(C.fmt_time(v) for v in r['steps'])} | "
-                         f"{28 * n / s / 1e9:.0f} | {x(at.get('product raw'))} | {x(at.get('torch fused'))} | "
-                         f"{x(at.get('jax.jit(optax)'))} | {chk} |")
+            lines.append(C.step_row(n, r, 28, [at.get("product raw"), at.get("torch fused"), at.get("jax.jit(optax)")], chk))
     lines += ["", "What each module's step does (from the VM code):", ""]
     for r in rows:
         if "vm_ops" in r and r["n"] == rows[0]["n"]:
@@ -299,14 +274,9 @@ def _report(out: pathlib.Path, info: dict, rows: list, repeats: int, rounds: int
 
 
 def main(argv=None) -> int:
-    ap, b, r = C.build_run_parser(__doc__, "compile both modules (here)", "check and time them (on the device host)")
+    ap, b, _ = C.build_run_parser(__doc__, "compile both modules (here)", "check and time them (on the device host)", rounds=3)
     b.add_argument("--target", default="cuda", help="cuda, or llvm-cpu for a dry run")
     b.add_argument("--sizes", type=C.parse_sizes, default=list(SIZES))
-    r.add_argument("--out", type=pathlib.Path, required=True)
-    r.add_argument("--device", default="cuda")
-    r.add_argument("--repeats", type=int, default=7)
-    r.add_argument("--target-s", type=float, default=0.03)
-    r.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     if args.cmd == "build":
         build(args.folder, args.target, args.sizes)

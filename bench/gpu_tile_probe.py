@@ -30,7 +30,6 @@ import contextlib
 import json
 import pathlib
 import re
-import statistics
 import sys
 import tempfile
 
@@ -111,20 +110,15 @@ def parse_cases(text: str) -> list[tuple[int, int, int, bool]]:
 def build(folder: pathlib.Path, target: str, cases=None) -> None:
     import dataclasses
 
-    from polaris._src import registry
-    from polaris_compiler import CompileOptions, Layout, Target, compile_optimizer
+    from polaris_compiler import CompileOptions, Target
 
     folder.mkdir(parents=True, exist_ok=True)
-    name, options = C.POLARIS["adam"]
-    spec = registry.get(name)
     base = CompileOptions(target=Target.parse(target), asynchronous=True)
     index = {"target": target, "versions": C.versions("iree-base-compiler", "jax", "polaris-iree"), "cases": []}
 
     def compile_(n, extra, split):
-        opts = dataclasses.replace(base, extra_args=tuple(extra))
         with split_count() if split else contextlib.nullcontext():
-            return compile_optimizer(spec.build(**options), Layout.flat(size=n), opts, name=name,
-                                     optimizer_options={**spec.defaults(), **options})
+            return C.compile_bench_optimizer("adam", n, dataclasses.replace(base, extra_args=tuple(extra)))
 
     for n, wg, t, split in cases or CASES:
         if n % wg:
@@ -196,27 +190,15 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, targ
                 row["error"] = f"{type(e).__name__}: {e}"[:300]
                 ok = False
             G._free()
+        make = {key: (lambda key=key: G.polaris_peer(folder / key, device, p, g)) for key in group}
         peers = {"jax.jit(optax)": lambda: G.jax_peer("adam", "gpu" if on_gpu else "cpu", p, g)}
         if on_gpu:
             peers["torch fused"] = lambda: G.torch_peer("adam", "fused", p, g)
         for label in peers:
             group[label] = {"n": n, "case": label, "steps": []}
-        for r in range(rounds):
-            order = list(group) if r % 2 == 0 else list(group)[::-1]
-            for key in order:
-                row = group[key]
-                if "error" in row:
-                    continue
-                try:
-                    timer = peers[key]() if key in peers else G.polaris_peer(folder / key, device, p, g)
-                    row["steps"].append(_measure(timer, repeats, target_s)["step"])
-                except Exception as e:
-                    row["error"] = f"{type(e).__name__}: {e}"[:300]
-                    ok = ok and key in peers
-                G._free()
+        ok = C.time_in_rounds(group, {**make, **peers}, rounds, lambda t: _measure(t, repeats, target_s)["step"],
+                              G._free, may_fail=tuple(peers)) and ok
         for row in group.values():
-            if row["steps"]:
-                row["step"] = statistics.median(row["steps"])
             rows.append(row)
             C.say(f"  {C.fmt_size(n)} {row['case']}: " + (row.get("error") or ", ".join(C.fmt_time(s) for s in row["steps"])))
         C.write_json(out / "tiles.json", {"info": info, "rows": rows})
@@ -232,32 +214,17 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, targ
         at = {r["case"]: r.get("step") for r in group}
         base = next((r.get("step") for r in group if r.get("wg") == 128 and not r.get("split")), None)
         for r in group:
-            if "step" not in r:
-                lines.append(f"| {C.fmt_size(n)} | {r['case']} | error: {r.get('error', '?')[:150]} | | | | | | |")
-                continue
-            s = r["step"]
-
-            def x(v):
-                return f"{s / v:.3f}" if v else ""
-
             diff = "" if "max_abs_diff" not in r else format(r["max_abs_diff"], ".1e")
-            lines.append(f"| {C.fmt_size(n)} | {r['case']} | {C.fmt_time(s)} | {', '.join(C.fmt_time(v) for v in r['steps'])} | "
-                         f"{28 * n / s / 1e9:.0f} | {x(base) if 'wg' in r else ''} | {x(at.get('torch fused'))} | "
-                         f"{x(at.get('jax.jit(optax)'))} | {diff} |")
+            lines.append(C.step_row(n, r, 28, [base if "wg" in r else None, at.get("torch fused"), at.get("jax.jit(optax)")], diff))
     (out / "tiles.md").write_text("\n".join(lines) + "\n")
     print((out / "tiles.md").read_text())
     return 0 if ok else 1
 
 
 def main(argv=None) -> int:
-    ap, b, r = C.build_run_parser(__doc__, "compile the variants (here)", "time them (on the device host)")
+    ap, b, _ = C.build_run_parser(__doc__, "compile the variants (here)", "time them (on the device host)", rounds=2)
     b.add_argument("--target", default="cuda", help="cuda, or llvm-cpu for a dry run (no rewriting)")
     b.add_argument("--cases", type=parse_cases, default=None, help="N:W:T[:split],... instead of CASES")
-    r.add_argument("--out", type=pathlib.Path, required=True)
-    r.add_argument("--device", default="cuda")
-    r.add_argument("--repeats", type=int, default=7)
-    r.add_argument("--target-s", type=float, default=0.03)
-    r.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args(argv)
     if args.cmd == "build":
         build(args.folder, args.target, args.cases)
