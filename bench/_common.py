@@ -358,7 +358,8 @@ def time_in_rounds(group: dict[str, dict], make: dict[str, Callable[[], object]]
                    measure: Callable[[object], float], free: Callable[[], None], may_fail=()) -> bool:
     """Times every row of ``group`` (key -> row with a ``steps`` list) ``rounds`` times, the order
     reversed every other round, each time from a fresh ``make[key]()`` timer; ``measure(timer)``
-    gives one step time. A row that fails keeps its ``error`` and is not retried. Returns False
+    gives one step time, or a dict of ``step`` and ``enqueue`` (the host's time to queue a step;
+    kept in ``enqueues``). A row that fails keeps its ``error`` and is not retried. Returns False
     when a row failed whose key is not in ``may_fail`` (the peers)."""
     ok = True
     for r in range(rounds):
@@ -368,8 +369,12 @@ def time_in_rounds(group: dict[str, dict], make: dict[str, Callable[[], object]]
                 continue
             try:
                 timer = make[key]()
-                row["steps"].append(measure(timer))
+                m = measure(timer)
                 del timer
+                if isinstance(m, dict):
+                    row.setdefault("enqueues", []).append(m["enqueue"])
+                    m = m["step"]
+                row["steps"].append(m)
             except Exception as e:  # a failing case is a result
                 row["error"] = f"{type(e).__name__}: {e}"[:300]
                 ok = ok and key in may_fail
@@ -377,6 +382,8 @@ def time_in_rounds(group: dict[str, dict], make: dict[str, Callable[[], object]]
     for row in group.values():
         if row["steps"]:
             row["step"] = statistics.median(row["steps"])
+        if row.get("enqueues"):
+            row["enqueue"] = statistics.median(row["enqueues"])
     return ok
 
 

@@ -234,7 +234,7 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, targ
         def measure(timer):
             if isinstance(timer, RawStep):
                 timer = C.Timer(timer.step, timer.sync)
-            return _measure(timer, repeats, target_s)["step"]
+            return _measure(timer, repeats, target_s)  # step and enqueue
 
         ok = C.time_in_rounds(group, makers, rounds, measure, G._free, may_fail=("torch fused", "jax.jit(optax)")) and ok
         for key, row in group.items():
@@ -256,15 +256,18 @@ def _report(out: pathlib.Path, info: dict, rows: list, repeats: int, rounds: int
              f"{rounds} times, the order reversed every other round",
              "- raw: `Module._invoke` with argument lists of the probe's own (the ping-pong module needs its spare "
              "count passed); runtime: `Optimizer.step` with the runtime's defaults",
-             f"- check: max |params(product) - params(ping-pong)| and both counts after {check_steps} steps", "",
-             "| params | case | step (median) | each round | GB/s | x product raw | x torch fused | x jax | check |",
+             f"- check: max |params(product) - params(ping-pong)| and both counts after {check_steps} steps",
+             "- enqueue: the host's time to queue a step (median); where it is close to the step, the host bounds it "
+             "and the device's savings cannot show", "",
+             "| params | case | step (median) | each round | GB/s | x product raw | x torch fused | x jax | enqueue; check |",
              "|---|---|---|---|---|---|---|---|---|"]
     for n in sorted({r["n"] for r in rows}):
         at = {r["case"]: r.get("step") for r in rows if r["n"] == n}
         for r in (r for r in rows if r["n"] == n):
             chk = r.get("check", {})
             chk = chk.get("error", "") or (f"{chk['max_abs_diff']:.1e}, counts {chk['counts']}" if chk else "")
-            lines.append(C.step_row(n, r, 28, [at.get("product raw"), at.get("torch fused"), at.get("jax.jit(optax)")], chk))
+            last = "; ".join(filter(None, [C.fmt_time(r["enqueue"]) if "enqueue" in r else "", chk]))
+            lines.append(C.step_row(n, r, 28, [at.get("product raw"), at.get("torch fused"), at.get("jax.jit(optax)")], last))
     lines += ["", "What each module's step does (from the VM code):", ""]
     for r in rows:
         if "vm_ops" in r and r["n"] == rows[0]["n"]:
