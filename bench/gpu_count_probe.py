@@ -31,6 +31,7 @@ reversed every other round.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import pathlib
 import re
@@ -46,7 +47,6 @@ import _common as C  # noqa: E402
 
 SIZES = (1000064, 10**7, 10**8)  # 1e6 padded to a multiple of 128 (the CUDA vector loads)
 COUNT_LEAF = "0/count"
-PEERS = ("product raw", "ping-pong raw", "product runtime", "torch fused", "jax.jit(optax)")
 
 
 def pingpong(text: str, count_arg: int, count_result: int) -> str:
@@ -111,8 +111,6 @@ def vm_ops(vmfb_mlir: str) -> dict:
 
 
 def build(folder: pathlib.Path, target: str, sizes=SIZES) -> None:
-    import dataclasses
-
     import iree.compiler as ic
     from gpu_tile_probe import split_count
 
