@@ -245,7 +245,8 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, targ
             rows.append(row)
             C.say(f"  {C.fmt_size(n)} {key}: " + (row.get("error") or ", ".join(C.fmt_time(s) for s in row["steps"])))
         C.write_json(out / "count.json", {"info": info, "rows": rows})
-    _report(out, info, rows, repeats, rounds, check_steps)
+        _report(out, info, rows, repeats, rounds, check_steps)  # after every size: a cut keeps what was measured
+    print((out / "count.md").read_text())
     return 0 if ok else 1
 
 
@@ -273,7 +274,6 @@ def _report(out: pathlib.Path, info: dict, rows: list, repeats: int, rounds: int
         if "vm_ops" in r and r["n"] == rows[0]["n"]:
             lines.append(f"- {r['case'].split()[0]}: command buffer {r['vm_ops'].get('command_buffer')}; queue {r['vm_ops'].get('queue')}")
     (out / "count.md").write_text("\n".join(lines) + "\n")
-    print((out / "count.md").read_text())
 
 
 def main(argv=None) -> int:
