@@ -342,6 +342,17 @@ def build_run_parser(doc: str, build_help: str, run_help: str, rounds: int | Non
 
 
 # -- probes: build here, time there -----------------------------------------------------------
+def probe_start(folder: pathlib.Path, out: pathlib.Path, device: str, rounds: int, gpu_name: Callable[[], str]) -> tuple[dict, dict, bool]:
+    """``(index, info, on_gpu)`` for a probe's ``run``: the ``index.json`` its ``build`` wrote, and
+    the report's facts (date, GPU or CPU, device, rounds, versions on both sides); makes ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    on_gpu = not device.startswith("local")
+    index = json.loads((folder / "index.json").read_text())
+    info = {"date": today(), "gpu": gpu_name() if on_gpu else cpu_model(), "device": device, "rounds": rounds,
+            "built_with": index["versions"], "versions": versions("iree-base-runtime", "numpy", "torch", "jax", "jaxlib", "optax")}
+    return index, info, on_gpu
+
+
 def compile_bench_optimizer(key: str, size: int, options):
     """``polaris_compiler.compile_optimizer`` of the benchmark's ``key`` optimizer (``POLARIS``)
     on a flat layout of exactly ``size`` elements (imports the compiler: build side only)."""

@@ -166,11 +166,7 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, targ
     import gpu as G
     from gpu_percall import _measure
 
-    out.mkdir(parents=True, exist_ok=True)
-    on_gpu = not device.startswith("local")
-    index = json.loads((folder / "index.json").read_text())
-    info = {"date": C.today(), "gpu": G.gpu_name() if on_gpu else C.cpu_model(), "device": device, "rounds": rounds,
-            "built_with": index["versions"], "versions": C.versions("iree-base-runtime", "numpy", "torch", "jax", "jaxlib", "optax")}
+    index, info, on_gpu = C.probe_start(folder, out, device, rounds, G.gpu_name)
     rows, ok = [], True
     rng = np.random.default_rng(11)
     for n in sorted({c["n"] for c in index["cases"]}):
