@@ -53,6 +53,7 @@ def test_pingpong_moves_the_count_alias_to_a_spare_argument():
         P.pingpong(text, count_arg=0, count_result=1)
 
 
+@pytest.mark.slow  # two compiles and their VM code (~10 s); `make bench` runs it beside the probe's dry run
 def test_on_the_cpu_the_ping_pong_module_steps_like_the_product(tmp_path):
     P.build(tmp_path, "llvm-cpu", sizes=(1000,))
     case = json.loads((tmp_path / "index.json").read_text())["cases"][0]

@@ -24,10 +24,11 @@ from _tree_batched import batched_tree, tree_sum  # noqa: E402
     [
         [1],
         [TREE_BASE + 1],
-        [TREE_BASE - 1, 2, TREE_BASE**2],  # runs that start mid-block and span whole blocks
-        [0, 5, 0, TREE_BASE**3 + 3, 0],  # empty tensors sum to 0
-        [7000, 3, 1, 65_000],  # levels padded to whole blocks, a tiny run between two long ones
-        [4096] * 4,  # a length that is a multiple of the base: slice gathers at level 0 too
+        # the larger layouts trace a tree of their own each (~10 s apiece): `make bench` runs them
+        pytest.param([TREE_BASE - 1, 2, TREE_BASE**2], marks=pytest.mark.slow),  # runs that start mid-block and span whole blocks
+        pytest.param([0, 5, 0, TREE_BASE**3 + 3, 0], marks=pytest.mark.slow),  # empty tensors sum to 0
+        pytest.param([7000, 3, 1, 65_000], marks=pytest.mark.slow),  # levels padded to whole blocks, a tiny run between two long ones
+        pytest.param([4096] * 4, marks=pytest.mark.slow),  # a length that is a multiple of the base: slice gathers at level 0 too
     ],
 )
 def test_batched_tree_sum_equals_float64_sums_and_the_product_tree(lengths):
@@ -49,6 +50,7 @@ def test_batched_tree_swaps_the_tracing_function_and_restores_it():
     assert S._tree_sum is saved
 
 
+@pytest.mark.slow  # two LAMB compiles and 20 steps (~20 s): an experiment's check, run by `make bench`
 def test_a_module_traced_with_the_batched_tree_steps_like_the_product_module():
     """LAMB ``--size`` over BIG's 4 tensors (4 levels), 10 steps: the two modules' parameters
     agree to float32 rounding (the sums differ only in the order of their additions)."""
