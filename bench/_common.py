@@ -341,6 +341,16 @@ def build_run_parser(doc: str, build_help: str, run_help: str, rounds: int | Non
     return ap, b, r
 
 
+def probe_main(ap: argparse.ArgumentParser, argv, build: Callable, run: Callable) -> int:
+    """A probe's command line (``build_run_parser(..., rounds=)``): ``build(args)``, or ``run``
+    with the timing options; returns the exit code."""
+    args = ap.parse_args(argv)
+    if args.cmd == "build":
+        build(args)
+        return 0
+    return run(args.folder, args.out, args.device, args.repeats, args.target_s, args.rounds)
+
+
 # -- probes: build here, time there -----------------------------------------------------------
 def probe_start(folder: pathlib.Path, out: pathlib.Path, device: str, rounds: int, gpu_name: Callable[[], str]) -> tuple[dict, dict, bool]:
     """``(index, info, on_gpu)`` for a probe's ``run``: the ``index.json`` its ``build`` wrote, and
@@ -353,16 +363,17 @@ def probe_start(folder: pathlib.Path, out: pathlib.Path, device: str, rounds: in
     return index, info, on_gpu
 
 
-def compile_bench_optimizer(key: str, size: int, options):
+def compile_bench_optimizer(key: str, size: int | None, options, **kw):
     """``polaris_compiler.compile_optimizer`` of the benchmark's ``key`` optimizer (``POLARIS``)
-    on a flat layout of exactly ``size`` elements (imports the compiler: build side only)."""
+    on a flat layout of exactly ``size`` elements (``None``: any length), with ``kw`` passed on
+    (imports the compiler: build side only)."""
     from polaris._src import registry
     from polaris_compiler import Layout, compile_optimizer
 
     name, opts = POLARIS[key]
     spec = registry.get(name)
     return compile_optimizer(spec.build(**opts), Layout.flat(size=size), options, name=name,
-                             optimizer_options={**spec.defaults(), **opts})
+                             optimizer_options={**spec.defaults(), **opts}, **kw)
 
 
 def time_in_rounds(group: dict[str, dict], make: dict[str, Callable[[], object]], rounds: int,

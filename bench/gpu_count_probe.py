@@ -276,11 +276,7 @@ def main(argv=None) -> int:
     ap, b, _ = C.build_run_parser(__doc__, "compile both modules (here)", "check and time them (on the device host)", rounds=3)
     b.add_argument("--target", default="cuda", help="cuda, or llvm-cpu for a dry run")
     b.add_argument("--sizes", type=C.parse_sizes, default=list(SIZES))
-    args = ap.parse_args(argv)
-    if args.cmd == "build":
-        build(args.folder, args.target, args.sizes)
-        return 0
-    return run(args.folder, args.out, args.device, args.repeats, args.target_s, args.rounds)
+    return C.probe_main(ap, argv, lambda a: build(a.folder, a.target, a.sizes), run)
 
 
 if __name__ == "__main__":

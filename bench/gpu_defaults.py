@@ -50,22 +50,18 @@ GROUPS = {"adam": (1000064, 10**7, 10**8), "lamb": (1000064, 10**7)}
 def build(folder: pathlib.Path, target: str, groups: dict) -> None:
     import dataclasses
 
-    from polaris._src import registry
-    from polaris_compiler import CompileOptions, Layout, Target, compile_optimizer
+    from polaris_compiler import CompileOptions, Target
 
     folder.mkdir(parents=True, exist_ok=True)
     base = CompileOptions(target=Target.parse(target))
     index = {"target": target, "versions": C.versions("iree-base-compiler", "jax", "polaris-iree"), "groups": []}
     for key, sizes in groups.items():
-        name, options = C.POLARIS[key]
-        spec = registry.get(name)
         for n in sizes:
             files = {}
             for label, change in VARIANTS.items():
                 fname = f"{key}-{n}-{label.replace(' ', '-')}.vmfb"
                 try:
-                    art = compile_optimizer(spec.build(**options), Layout.flat(size=n), dataclasses.replace(base, **change),
-                                            name=name, optimizer_options={**spec.defaults(), **options})
+                    art = C.compile_bench_optimizer(key, n, dataclasses.replace(base, **change))
                 except Exception as e:  # a refusal is a result too
                     C.say(f"  {fname}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
                     continue

@@ -75,18 +75,14 @@ FLAG_VARIANTS = {
 def build(folder: pathlib.Path, target: str) -> None:
     import dataclasses
 
-    from polaris._src import registry
-    from polaris_compiler import CompileOptions, Layout, Target, compile_optimizer
+    from polaris_compiler import CompileOptions, Target
 
     folder.mkdir(parents=True, exist_ok=True)
     base = CompileOptions(target=Target.parse(target))
     index = {"target": target, "versions": C.versions("iree-base-compiler", "jax", "polaris-iree"), "cases": []}
     for label, key, n, change, extra in CASES:
-        name, options = C.POLARIS[key]
-        spec = registry.get(name)
         fname = label.replace(",", "").replace(" ", "-") + ".vmfb"
-        opts = dataclasses.replace(base, **change, extra_args=tuple(extra))
-        art = compile_optimizer(spec.build(**options), Layout.flat(size=n), opts, name=name, optimizer_options={**spec.defaults(), **options})
+        art = C.compile_bench_optimizer(key, n, dataclasses.replace(base, **change, extra_args=tuple(extra)))
         art.save(folder / fname)
         index["cases"].append({"label": label, "key": key, "n": n or PADDED, "file": fname, "flags": art.flags})
         C.say(f"  {fname}: {len(art.vmfb) / 1024:.0f} KiB")

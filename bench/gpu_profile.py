@@ -32,6 +32,8 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import numpy as np  # noqa: E402
+
 import _common as C  # noqa: E402
 
 # (label, optimizer key of _common.POLARIS, size, compile_optimizer keywords). The H100's numbers
@@ -64,19 +66,15 @@ def _splat(spec: dict) -> str:
 
 
 def build(folder: pathlib.Path, target: str) -> None:
-    from polaris._src import registry
     from _tree_batched import batched_tree
-    from polaris_compiler import CompileOptions, Layout, Target, compile_optimizer
+    from polaris_compiler import CompileOptions, Target
 
     folder.mkdir(parents=True, exist_ok=True)
     index = []
     for label, key, n, kw in CASES:
-        name, options = C.POLARIS[key]
-        spec = registry.get(name)
         kw = dict(kw)
         with batched_tree() if kw.pop("tree_batched", False) else contextlib.nullcontext():
-            art = compile_optimizer(spec.build(**options), Layout.flat(size=n), CompileOptions(target=Target.parse(target)),
-                                    name=name, optimizer_options={**spec.defaults(), **options}, **kw)
+            art = C.compile_bench_optimizer(key, n, CompileOptions(target=Target.parse(target)), **kw)
         fname = f"{label}-{target}.vmfb"
         art.save(folder / fname)
         groups = art.manifest["groups"]
@@ -86,8 +84,6 @@ def build(folder: pathlib.Path, target: str) -> None:
                 inputs.append(_splat(s))
                 continue
             # the bounds of ids all 0 (one tensor): [0, n, n, ...], what the runtime would compute
-            import numpy as np
-
             bounds = np.full(s["shape"], n, np.int32)
             bounds[0] = 0
             np.save(folder / f"{label}-bounds.npy", bounds)

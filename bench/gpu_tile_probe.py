@@ -221,11 +221,7 @@ def main(argv=None) -> int:
     ap, b, _ = C.build_run_parser(__doc__, "compile the variants (here)", "time them (on the device host)", rounds=2)
     b.add_argument("--target", default="cuda", help="cuda, or llvm-cpu for a dry run (no rewriting)")
     b.add_argument("--cases", type=parse_cases, default=None, help="N:W:T[:split],... instead of CASES")
-    args = ap.parse_args(argv)
-    if args.cmd == "build":
-        build(args.folder, args.target, args.cases)
-        return 0
-    return run(args.folder, args.out, args.device, args.repeats, args.target_s, args.rounds)
+    return C.probe_main(ap, argv, lambda a: build(a.folder, a.target, a.cases), run)
 
 
 if __name__ == "__main__":
