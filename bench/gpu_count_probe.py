@@ -1,28 +1,27 @@
-"""Experiment: Adam's step count written to a second buffer (ping-pong), so that the CUDA step's
-kernel waits for nothing (sixteenth pass, docs/performance.md).
+"""Adam's step count in two buffers (spare counts): the product's step against the one before it
+and against a step with no count work at all (sixteenth and seventeenth passes, docs/performance.md).
 
-Adam's ``--size --async`` CUDA step is three operations in one command buffer, in order: a
-1-thread dispatch that writes ``count + 1`` to a transient, the element-wise kernel (which reads
-it) and a 4-byte copy of it into the count's buffer. IREE 3.13 gives a result it writes in place
-a transient and a copy whenever another dispatch of the same call reads it. The fifteenth pass's
-split count (``gpu_tile_probe.split_count``: the kernel computes ``t`` from the *old* count) took
-the kernel off the count dispatch's back, but IREE then allocated a new count buffer every call:
-the old one, which the kernel still reads, cannot take the new value in place (1e7 -2%, 1e6
-+40-110%).
+Until the seventeenth pass, Adam's ``--size --async`` CUDA step was five operations in one command
+buffer: a 1-thread dispatch that writes ``count + 1`` to a transient, a barrier, the element-wise
+kernel (which reads it), a 4-byte copy of it into the count's buffer and a barrier. IREE 3.13 gives
+a result it writes in place a transient and a copy whenever another dispatch of the same call reads
+it. With spare counts (``CompileOptions.spare_counts``, the default for async CUDA modules since the
+H200 measured this probe's first form) the kernel computes the new count from the old one, and the
+stored count goes to a spare 4-byte buffer passed after the arrays, the caller swapping the two
+after each call: the command buffer is two dispatches with no barrier between them, and nothing
+else. The modules, per size:
 
-Here the new count goes to a **second buffer**. The module built by :func:`pingpong` takes a spare
-4-byte ``tensor<i32>`` after the arrays as the storage of its count result (``tf.aliasing_output``
-moves from the count's argument to it); the caller passes the two count buffers in turn, step k
-reading one and writing the other. Read from the VM code (``vm_ops`` in ``index.json``), the
-step's memoized command buffer is then two dispatches with no barrier between them and nothing
-else: no copy, no queue allocation. The runtime does not do this swap (it would change the
-module ABI); the probe calls both modules the same way, through ``Module._invoke`` with argument
-lists of its own, so that only the module differs.
+- ``before``: ``spare_counts=False``, the product until the seventeenth pass;
+- ``spare counts``: the product now;
+- ``kernel-only`` (:func:`frozen_count`): a count that never changes (every step uses ``t = 1``),
+  so that the step is the element-wise kernel alone: the floor of every count design. It computes
+  other numbers and is not checked.
 
-``run`` (on the device host) checks the two modules' parameters after 20 steps (bit-identical
-expected: the same element-wise math) and the count after them, then times both, the product
-module through the runtime and torch fused Adam in one process, ``--rounds`` times with the order
-reversed every other round.
+``run`` (on the device host) checks the product's parameters and count after 20 steps, called raw
+and through the runtime (its two-phase steady state), against ``before`` (bit-identical
+expected), then times the raw calls (``Module._invoke`` with argument lists of the probe's own),
+both modules through the runtime, ``jax.jit(optax)`` and torch fused Adam in one process,
+``--rounds`` times with the order reversed every other round.
 
     python bench/gpu_count_probe.py build out/gpu-count                   # here (compiler)
     python bench/gpu_count_probe.py run out/gpu-count --out OUT           # there (cuda)
@@ -49,50 +48,33 @@ SIZES = (1000064, 10**7, 10**8)  # 1e6 padded to a multiple of 128 (the CUDA vec
 COUNT_LEAF = "0/count"
 
 
-def pingpong(text: str, count_arg: int, count_result: int) -> str:
-    """The module ``text`` with its ``step`` wrapped: the wrapper takes one more ``tensor<i32>``
-    after the arrays, the storage of result ``count_result`` (argument ``count_arg`` loses its
-    alias, if it had one: under ``split_count`` the hazard check has already dropped it), and
-    calls the old ``step`` (now private) with everything else."""
-    from iree.compiler import ir
+@contextlib.contextmanager
+def frozen_count():
+    """Adam traced as under ``split_count`` (``t`` from the old count, in the kernel), but with the
+    count returned unchanged: the step has no count work at all (a timing floor, not Adam)."""
+    from gpu_tile_probe import split_count
 
-    with ir.Context(), ir.Location.unknown():
-        m = ir.Module.parse(text)
-        (fn,) = [op for op in m.body.operations if "sym_name" in op.attributes and ir.StringAttr(op.attributes["sym_name"]).value == "step"]
-        ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
-        arg_types, res_types = [str(t) for t in ftype.inputs], [str(t) for t in ftype.results]
-        arg_attrs = [ir.DictAttr(a) for a in ir.ArrayAttr(fn.attributes["arg_attrs"])]
-        reflection = str(fn.attributes["iree.reflection"])
-        aliases = {i: ir.IntegerAttr(a["tf.aliasing_output"]).value for i, a in enumerate(arg_attrs) if "tf.aliasing_output" in a}
-        if arg_types[count_arg] != "tensor<i32>" or res_types[count_result] != "tensor<i32>":
-            raise SystemExit(f"step's argument {count_arg} is {arg_types[count_arg]}, its result {count_result} {res_types[count_result]}")
-        fn.attributes["sym_name"] = ir.StringAttr.get("step__inner")
-        fn.attributes["sym_visibility"] = ir.StringAttr.get("private")
-        del fn.attributes["iree.reflection"]
-        inner = str(m.operation.get_asm(enable_debug_info=False))
-    n_arrays = sum(1 for t in arg_types if t.startswith("tensor<"))
-    spare = n_arrays  # after the arrays, before the transient buffer (if any)
+    from polaris._src import adam as A
 
-    def attrs(i: int) -> str:
-        a = {}
-        if i in aliases and i != count_arg:
-            a["tf.aliasing_output"] = f"{aliases[i]} : i32"
-        if arg_types[i] == "!hal.buffer":
-            a["iree.abi.transients"] = None
-        body = ", ".join(k if v is None else f"{k} = {v}" for k, v in a.items())
-        return f" {{{body}}}" if body else ""
+    with split_count():
+        moments = A.adam_moments
 
-    params = [f"%a{i}: {t}{attrs(i)}" for i, t in enumerate(arg_types)]
-    params.insert(spare, f"%spare: tensor<i32> {{tf.aliasing_output = {count_result} : i32}}")
-    call_args = ", ".join(f"%a{i}" for i in range(len(arg_types)))
-    results = ", ".join(res_types)
-    wrapper = (
-        f"  func.func public @step({', '.join(params)}) -> ({results}) attributes {{iree.reflection = {reflection}}} {{\n"
-        f"    %r:{len(res_types)} = call @step__inner({call_args}) : ({', '.join(arg_types)}) -> ({results})\n"
-        f"    return {', '.join(f'%r#{k}' for k in range(len(res_types)))} : {results}\n  }}\n"
-    )
-    end = inner.rstrip().rfind("}")
-    return inner[:end] + wrapper + inner[end:]
+        def adam_moments(updates, state, b1, b2):
+            mu, nu, _ = moments(updates, state, b1, b2)
+            return mu, nu, state.count
+
+        A.adam_moments = adam_moments
+        try:
+            yield
+        finally:
+            A.adam_moments = moments
+
+
+# module -> (tracing context, spare_counts): the product before the seventeenth pass, the
+# product now (spare counts, the default for async CUDA modules; here on every target, so that a
+# CPU dry run passes spares too), and the floor
+KINDS = {"before": (contextlib.nullcontext, False), "spare counts": (contextlib.nullcontext, True),
+         "kernel-only": (frozen_count, False)}
 
 
 def vm_ops(vmfb_mlir: str) -> dict:
@@ -112,7 +94,6 @@ def vm_ops(vmfb_mlir: str) -> dict:
 
 def build(folder: pathlib.Path, target: str, sizes=SIZES) -> None:
     import iree.compiler as ic
-    from gpu_tile_probe import split_count
 
     from polaris_compiler import CompileOptions, Target
 
@@ -123,22 +104,20 @@ def build(folder: pathlib.Path, target: str, sizes=SIZES) -> None:
     index = {"target": target, "versions": C.versions("iree-base-compiler", "jax", "polaris-iree"), "cases": []}
     for n in sizes:
         case = {"n": n}
-        for kind in ("product", "ping-pong"):
-            with tempfile.TemporaryDirectory() as tmp, (split_count() if kind == "ping-pong" else contextlib.nullcontext()):
-                art = C.compile_bench_optimizer("adam", n, dataclasses.replace(opts, save_temps=tmp))
+        for kind, (ctx, spares) in KINDS.items():
+            with tempfile.TemporaryDirectory() as tmp, ctx():
+                art = C.compile_bench_optimizer("adam", n, dataclasses.replace(opts, save_temps=tmp, spare_counts=spares))
                 flags = art.flags
                 text = pathlib.Path(tmp, "module.mlir").read_text()
             state = [s["name"] for s in art.manifest["groups"]["state"]]
-            n_p = len(art.manifest["groups"]["params"])
-            if kind == "ping-pong":
-                text = pingpong(text, 2 * n_p + state.index(COUNT_LEAF), n_p + state.index(COUNT_LEAF))
-                vmfb = ic.compile_str(text, extra_args=flags)
+            if kind == "kernel-only":
+                vmfb = ic.compile_str(text, extra_args=flags)  # from the traced text: no cache entry can stand in
             else:
                 vmfb = art.vmfb
             vm = ic.compile_str(text, extra_args=[*flags, "--compile-to=vm", "--mlir-print-debuginfo=false"]).decode()
-            fname = f"adam-{n}-{kind}.vmfb"
+            fname = f"adam-{n}-{kind.replace(' ', '-')}.vmfb"
             (folder / fname).write_bytes(vmfb)
-            case[kind] = {"file": fname, "vm_ops": vm_ops(vm)}
+            case[kind] = {"file": fname, "vm_ops": vm_ops(vm), "spares": art.manifest["functions"]["step"].get("spares", [])}
             C.say(f"  {fname}: {case[kind]['vm_ops']}")
         case["state"] = state
         index["cases"].append(case)
@@ -199,28 +178,34 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, targ
         n = case["n"]
         p = rng.standard_normal(n, dtype=np.float32)
         g = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3)
-        files = {"product raw": case["product"]["file"], "ping-pong raw": case["ping-pong"]["file"], "product runtime": case["product"]["file"]}
+        before, spares, floor = (folder / case[k]["file"] for k in ("before", "spare counts", "kernel-only"))
         check = {}
-        try:  # correctness first: 20 steps of each, raw
+        try:  # correctness first: 20 steps of each, raw and (the product now) through the runtime
             got = {}
-            for key, spare in (("product raw", False), ("ping-pong raw", True)):
-                s = RawStep(folder / files[key], device, p, g, case["state"], spare)
+            for key, path, spare in (("before raw", before, False), ("spare counts raw", spares, True)):
+                s = RawStep(path, device, p, g, case["state"], spare)
                 for _ in range(check_steps):
                     s.step()
                 got[key] = s.read()
                 del s
                 G._free()
-            check = {"max_abs_diff": float(np.abs(got["product raw"][0] - got["ping-pong raw"][0]).max()),
-                     "counts": [got["product raw"][1], got["ping-pong raw"][1]]}
-            ok = ok and check["max_abs_diff"] == 0.0 and check["counts"] == [check_steps, check_steps]
+            got["spare counts runtime"] = _runtime_steps(spares, device, p, g, check_steps)
+            G._free()
+            ref = got["before raw"][0]
+            check = {"max_abs_diff": max(float(np.abs(v[0] - ref).max()) for v in got.values()),
+                     "counts": [v[1] for v in got.values()]}
+            ok = ok and check["max_abs_diff"] == 0.0 and check["counts"] == [check_steps] * 3
         except Exception as e:  # a failing check is a result
             check = {"error": f"{type(e).__name__}: {e}"[:300]}
             ok = False
         C.say(f"  {C.fmt_size(n)} check ({check_steps} steps): {check}")
         makers = {
-            "product raw": lambda: RawStep(folder / files["product raw"], device, p, g, case["state"], False),
-            "ping-pong raw": lambda: RawStep(folder / files["ping-pong raw"], device, p, g, case["state"], True),
-            "product runtime": lambda: G.polaris_peer(folder / files["product runtime"], device, p, g),
+            "before raw": lambda: RawStep(before, device, p, g, case["state"], False),
+            "spare counts raw": lambda: RawStep(spares, device, p, g, case["state"], True),
+            # the floor of any count design (not Adam: t = 1 every step)
+            "kernel-only raw": lambda: RawStep(floor, device, p, g, case["state"], False),
+            "before runtime": lambda: G.polaris_peer(before, device, p, g),
+            "spare counts runtime": lambda: G.polaris_peer(spares, device, p, g),
             "jax.jit(optax)": lambda: G.jax_peer("adam", "gpu" if on_gpu else "cpu", p, g),
         }
         if on_gpu:
@@ -234,10 +219,9 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, targ
 
         ok = C.time_in_rounds(group, makers, rounds, measure, G._free, may_fail=("torch fused", "jax.jit(optax)")) and ok
         for key, row in group.items():
-            if key in ("product raw", "ping-pong raw"):
-                kind = "product" if key.startswith("product") else "ping-pong"
-                row["vm_ops"] = case[kind]["vm_ops"]
-            row.update(check=check) if key == "ping-pong raw" else None
+            if key.endswith(" raw"):
+                row["vm_ops"] = case[key.removesuffix(" raw")]["vm_ops"]
+            row.update(check=check) if key == "spare counts runtime" else None
             rows.append(row)
             C.say(f"  {C.fmt_size(n)} {key}: " + (row.get("error") or ", ".join(C.fmt_time(s) for s in row["steps"])))
         C.write_json(out / "count.json", {"info": info, "rows": rows})
@@ -246,17 +230,35 @@ def run(folder: pathlib.Path, out: pathlib.Path, device: str, repeats: int, targ
     return 0 if ok else 1
 
 
+def _runtime_steps(path, device: str, p: np.ndarray, g: np.ndarray, steps: int) -> tuple[np.ndarray, int]:
+    """``steps`` steps through the runtime's API (its steady-state plan after the first): the
+    parameters and the step count after them."""
+    import polaris_runtime as pr
+    from polaris_runtime import device as dev
+
+    mod = pr.load(path, device=device)
+    grads = dev.upload(mod.device, g)
+    params, state = [dev.upload(mod.device, p)], mod.init(p)
+    for _ in range(steps):
+        params, state = mod.step(params, grads, state)
+    return np.asarray(params.numpy(), np.float64).reshape(-1), mod.step_count(state)
+
+
 def _report(out: pathlib.Path, info: dict, rows: list, repeats: int, rounds: int, check_steps: int) -> None:
-    lines = [f"# Adam's count in two buffers (ping-pong): {info['date']}, {info['gpu']} ({info['device']})", "",
+    lines = [f"# Adam's count in two buffers (spare counts): {info['date']}, {info['gpu']} ({info['device']})", "",
              f"- runtime side: {info['versions']}; modules built with {info['built_with']}",
              f"- Adam `--size N --async`; step: (N steps + one sync) / N, median of {repeats} repeats; each case timed "
              f"{rounds} times, the order reversed every other round",
-             "- raw: `Module._invoke` with argument lists of the probe's own (the ping-pong module needs its spare "
-             "count passed); runtime: `Optimizer.step` with the runtime's defaults",
-             f"- check: max |params(product) - params(ping-pong)| and both counts after {check_steps} steps",
+             "- before: `spare_counts=False` (the product until the seventeenth pass); spare counts: the default now; "
+             "raw: `Module._invoke` with argument lists of the probe's own (the spare passed and swapped by the "
+             "probe); runtime: `Optimizer.step` with the runtime's defaults",
+             f"- check: max |params - params(before raw)| of spare counts raw and through the runtime, and the three "
+             f"counts, after {check_steps} steps",
+             "- kernel-only: the count never changes (t = 1 every step, not Adam, not checked): the floor of any "
+             "count design",
              "- enqueue: the host's time to queue a step (median); where it is close to the step, the host bounds it "
              "and the device's savings cannot show", "",
-             "| params | case | step (median) | each round | GB/s | x product raw | x torch fused | x jax | enqueue; check |",
+             "| params | case | step (median) | each round | GB/s | x before raw | x torch fused | x jax | enqueue; check |",
              "|---|---|---|---|---|---|---|---|---|"]
     for n in sorted({r["n"] for r in rows}):
         at = {r["case"]: r.get("step") for r in rows if r["n"] == n}
@@ -264,11 +266,11 @@ def _report(out: pathlib.Path, info: dict, rows: list, repeats: int, rounds: int
             chk = r.get("check", {})
             chk = chk.get("error", "") or (f"{chk['max_abs_diff']:.1e}, counts {chk['counts']}" if chk else "")
             last = "; ".join(filter(None, [C.fmt_time(r["enqueue"]) if "enqueue" in r else "", chk]))
-            lines.append(C.step_row(n, r, 28, [at.get("product raw"), at.get("torch fused"), at.get("jax.jit(optax)")], last))
+            lines.append(C.step_row(n, r, 28, [at.get("before raw"), at.get("torch fused"), at.get("jax.jit(optax)")], last))
     lines += ["", "What each module's step does (from the VM code):", ""]
     for r in rows:
         if "vm_ops" in r and r["n"] == rows[0]["n"]:
-            lines.append(f"- {r['case'].split()[0]}: command buffer {r['vm_ops'].get('command_buffer')}; queue {r['vm_ops'].get('queue')}")
+            lines.append(f"- {r['case'].removesuffix(' raw')}: command buffer {r['vm_ops'].get('command_buffer')}; queue {r['vm_ops'].get('queue')}")
     (out / "count.md").write_text("\n".join(lines) + "\n")
 
 

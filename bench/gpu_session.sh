@@ -4,17 +4,18 @@
 # Here first:   make gpu-modules          (builds out/gpu-check, out/gpu-modules, out/gpu-profile, out/gpu-count, out/gpu-percall)
 #               ../shared/gpu/prepare.sh  (puts the runtime wheel in .whl/, the Vulkan loader in .gl/)
 # There:        <the PREAMBLE line> bash bench/gpu_session.sh
-#               with carry = [".whl", ".gl", "out/gpu-check", "out/gpu-modules", "out/gpu-profile", "out/gpu-count"], timeout_s ~590
+#               with carry = [".whl", ".gl", "out/gpu-check", "out/gpu-modules", "out/gpu-count"], timeout_s ~590
 # Writes everything to $R (/tmp/polaris-gpu) and packs it into $OUT/results.tgz, after every run
 # (the device tool returns at most 8 files; a cut-off session keeps what finished): check.log
-# (host facts first), count/count.{md,json} (bench/gpu_count_probe.py: Adam's count in two
-# buffers against the product module, the open 1e7 question), check/gpu-check.{md,json} (correctness on local-task, cuda, vulkan),
+# (host facts first), count/count.{md,json} (bench/gpu_count_probe.py: Adam's step with its count
+# in two buffers, the product since the seventeenth pass, against the one before and the floor),
+# check/gpu-check.{md,json} (correctness on local-task, cuda, vulkan),
 # bench.log, bench/<date>-<gpu>-gpu.{md,json} (timings vs torch, jax: every element-wise
 # optimizer's any-length, --size and --size --async modules, the stream-ordered async peers with
-# their check against fences); bench/gpu_verify.py's catalog table goes to check.log;
-# profile/*.txt (bench/gpu_profile.py --mode none: LAMB tree vs whole-vector step times). Answered
-# and left out since the fifteenth pass (docs/gpu-session.md): bench/gpu_async.py (the
-# async-external A/B) and bench/gpu_tile_probe.py (wider workgroups, a split count).
+# their check against fences); bench/gpu_verify.py's catalog table goes to check.log. Answered
+# and left out (docs/gpu-session.md): bench/gpu_async.py (the async-external A/B) and
+# bench/gpu_tile_probe.py (wider workgroups, a split count) since the fifteenth pass;
+# bench/gpu_profile.py (LAMB's tree levels at once) since the seventeenth.
 # Unpack here: tar xzf results.tgz -C DIR.
 # Flat LAMB is left out of the timings: its scatter takes ~1 s a step at 1e7 (docs/performance.md).
 set -uo pipefail
@@ -23,12 +24,9 @@ R=${R:-/tmp/polaris-gpu}
 mkdir -p "$OUT" "$R"
 pack() { tar czf "$OUT/results.tgz" -C "$R" . 2>/dev/null; }
 { nvidia-smi; python3 -c "import iree.runtime, numpy; print('iree', iree.runtime.__file__)"; } > "$R/check.log" 2>&1
-# the open question first (docs/gpu-session.md): the count in two buffers, 3 sizes x 5 peers x 3 rounds: ~60 s
-timeout 90 python3 bench/gpu_count_probe.py run out/gpu-count --out "$R/count" > "$R/count.log" 2>&1
+# the product's step (spare counts) against the one before and the floor with no count work, 3 sizes x 7 rows x 3 rounds: ~100 s
+timeout 130 python3 bench/gpu_count_probe.py run out/gpu-count --out "$R/count" > "$R/count.log" 2>&1
 echo "count probe exit $?" | tee -a "$R/count.log"; pack
-# LAMB's tree step (segment bounds as an input since the fourteenth pass) vs whole-vector, Adam: ~15 s
-timeout 45 python3 bench/gpu_profile.py run out/gpu-profile --out "$R/profile" --mode none > "$R/profile.log" 2>&1
-echo "gpu profile exit $?" | tee -a "$R/profile.log"; pack
 timeout 180 python3 bench/gpu_check.py run out/gpu-check --out "$R/check" --timeout 45 >> "$R/check.log" 2>&1
 echo "gpu_check exit $?" | tee -a "$R/check.log"; pack
 # (Adam and SGD with momentum, --repeats 11: the sixteenth pass's 90 s for the count probe came
@@ -39,5 +37,4 @@ echo "gpu bench exit $?" | tee -a "$R/bench.log"; pack
 # the shipped catalog's CUDA modules against its x86_64 ones (bench/gpu_verify.py), into check.log
 timeout 60 python3 bench/gpu_verify.py --out /tmp/polaris-verify --device cuda >> "$R/check.log" 2>&1
 echo "catalog check exit $?" | tee -a "$R/check.log"; pack
-grep -h "real_time_median" "$R"/profile/*.txt 2>/dev/null
 tail -n 40 "$R/count/count.md" "$R/check/gpu-check.md" "$R"/bench/*.md 2>/dev/null

@@ -133,14 +133,15 @@ def test_the_workgroup_probe_rewrites_cuda_configurations_and_dry_runs_on_the_cp
 
 @pytest.mark.slow
 def test_the_count_probe_dry_runs_on_the_cpu(tmp_path):
-    """bench/gpu_count_probe.py (sixteenth pass): its run path checks and times both modules and
-    the peers, and writes the report."""
+    """bench/gpu_count_probe.py (sixteenth and seventeenth passes): its run path checks the
+    product's spare counts (raw and through the runtime), times its modules and the peers, and
+    writes the report."""
     mods, out = tmp_path / "cpu", tmp_path / "out"
     _run(BENCH / "gpu_count_probe.py", "build", mods, "--target", "llvm-cpu", "--sizes", "1e4")
     _run(BENCH / "gpu_count_probe.py", "run", mods, "--out", out, "--device", "local-task", "--repeats", "2",
          "--target-s", "0.005", "--rounds", "2")
     rows = json.loads((out / "count.json").read_text())["rows"]
-    assert [r["case"] for r in rows] == ["product raw", "ping-pong raw", "product runtime", "jax.jit(optax)"], rows
+    assert [r["case"] for r in rows] == ["before raw", "spare counts raw", "kernel-only raw", "before runtime", "spare counts runtime", "jax.jit(optax)"], rows
     assert not any("error" in r for r in rows) and all(len(r["steps"]) == 2 for r in rows), rows
-    assert rows[1]["check"] == {"max_abs_diff": 0.0, "counts": [20, 20]}
-    assert "| 10k | ping-pong raw |" in (out / "count.md").read_text()
+    assert rows[4]["check"] == {"max_abs_diff": 0.0, "counts": [20, 20, 20]}
+    assert "| 10k | spare counts runtime |" in (out / "count.md").read_text()

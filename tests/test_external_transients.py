@@ -182,8 +182,12 @@ def test_an_async_cuda_module_takes_them_and_falls_back_where_iree_refuses(modul
     from polaris_compiler import Target
 
     art = modules.artifact("adam", dict(learning_rate=0.01), Layout.flat(size=N), target="cuda", asynchronous=True)
-    assert art.manifest["target"]["external_transients"] is True and art.manifest["schema_version"] == 2
-    off = modules.artifact("adam", dict(learning_rate=0.01), Layout.flat(size=N), target="cuda", asynchronous=True, external_transients=False)
+    # (schema version 4: the default spare counts too, the newest feature the module uses)
+    assert art.manifest["target"]["external_transients"] is True and art.manifest["schema_version"] == 4
+    alone = modules.artifact("adam", dict(learning_rate=0.01), Layout.flat(size=N), target="cuda", asynchronous=True, spare_counts=False)
+    assert alone.manifest["target"]["external_transients"] is True and alone.manifest["schema_version"] == 2
+    off = modules.artifact("adam", dict(learning_rate=0.01), Layout.flat(size=N), target="cuda", asynchronous=True,
+                           external_transients=False, spare_counts=False)
     assert "external_transients" not in off.manifest["target"] and off.manifest["schema_version"] == 1
     refused = compile_optimizer(registry.get("adadelta").build(), Layout.flat(), CompileOptions(target=Target.CUDA, asynchronous=True), name="adadelta")
     assert "external_transients" not in refused.manifest["target"] and refused.manifest["target"]["execution"] == "async"

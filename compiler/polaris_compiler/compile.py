@@ -35,7 +35,7 @@ from polaris._src.base import (
 )
 from polaris._src.errors import OptionError
 from polaris._src.segments import DEFAULT_MAX_ROWS, DEFAULT_MAX_SEGMENTS, SEGMENT_ALIGN, SEGMENT_REDUCTIONS, flat_segments
-from polaris._src.tree_utils import dot_reductions, scalar_hoisting
+from polaris._src.tree_utils import dot_reductions, recording_increments, scalar_hoisting, split_increment
 from polaris_compiler import versions
 from polaris_compiler.errors import CompileError, LayoutError
 from polaris_compiler.export import export_text, manifest_reflection, merge_modules
@@ -223,15 +223,31 @@ def _compile_optimizer(
             u, s2 = tx.update(unflat_p(g), unflat_s(s), unflat_p(p))
         return (*_abi_shapes(jax.tree.leaves(u), p_leaves), *_abi_shapes(_check_state(s_def, s_leaves, s2), s_leaves))
 
+    # Spare counts (CompileOptions.spare_counts): the state leaves that count steps, found by a
+    # first trace (None until then); step takes one more int32 argument each, after the others,
+    # the storage of that leaf's new value.
+    counters: tuple[int, ...] | None = None
+
     def step_fn(*args):
+        args = args[: len(args) - len(counters or ())]  # the spares: written, never read
         args, seg = args[: len(args) - n_seg], args[len(args) - n_seg :]
         p, g, s = blocks(args[:n_p]), blocks(args[n_p : 2 * n_p]), blocks(args[2 * n_p :])
         params = unflat_p(p)
-        with in_segments(seg):
+        with in_segments(seg), recording_increments() as increments:
             u, s2 = tx.update(unflat_p(g), unflat_s(s), params)
+        new_s = _check_state(s_def, s_leaves, s2)
+        if counters is None:
+            found.extend(j for j, (new, old) in enumerate(zip(new_s, s, strict=True)) if increments.of(new, old))
+        for j in counters or ():
+            if not increments.of(new_s[j], s[j]):  # the first trace said it was; a traced program is fixed
+                raise CompileError(f"compile_optimizer: state leaf {j} counted steps in one trace and not in the next")
+            # stored with other ops than the kernels' safe_increment, so that IREE keeps them
+            # apart: the kernel reads the old count, a 1-thread dispatch beside it writes the new
+            # one into the spare (docs/performance.md, seventeenth pass)
+            new_s[j] = split_increment(s[j])
         return (
             *_abi_shapes(jax.tree.leaves(apply_updates(params, u)), p_leaves),
-            *_abi_shapes(_check_state(s_def, s_leaves, s2), s_leaves),
+            *_abi_shapes(new_s, s_leaves),
         )
 
     t0 = time.perf_counter()
@@ -241,11 +257,22 @@ def _compile_optimizer(
     # ones that can be made safe (hazards.py).
     update_args = [*p_leaves, *s_leaves, *p_leaves, *seg_leaves]
     step_args = [*p_leaves, *p_leaves, *s_leaves, *seg_leaves]
+    found: list[int] = []
+    with _tracing(options):
+        if options.resolved().spare_counts:
+            jax.eval_shape(step_fn, *step_args)  # fills `found`
+        counters = tuple(found)
+    # With spare counts, each counter's new value goes to its spare (the argument after the
+    # others), the old value's buffer being left as it was.
+    step_args += [jax.ShapeDtypeStruct((), jnp.int32)] * len(counters)
+    step_alias_request = {
+        **{i: i for i in range(n_p)},
+        **{2 * n_p + j: n_p + j for j in range(n_s) if j not in counters},
+        **{len(step_args) - len(counters) + k: n_p + j for k, j in enumerate(counters)},
+    }
     with _tracing(options):  # the traced graphs, hazards included
         update_fn, update_aliases = anchored(update_fn, update_args, {n_p + j: n_p + j for j in range(n_s)})
-        step_fn, step_aliases = anchored(
-            step_fn, step_args, {**{i: i for i in range(n_p)}, **{2 * n_p + j: n_p + j for j in range(n_s)}}
-        )
+        step_fn, step_aliases = anchored(step_fn, step_args, step_alias_request)
         parts = {
             "init": export_text(init_fn, p_leaves),
             "update": export_text(update_fn, update_args),
@@ -278,6 +305,8 @@ def _compile_optimizer(
         "target": _target_record(options, flags),
         "versions": versions.all_versions(),
     }
+    if counters:  # the caller passes a spare buffer per counter and swaps it with the leaf's after the call
+        manifest["functions"]["step"]["spares"] = [state_names[j] for j in counters]
     if seg_names:
         manifest["groups"]["segments"] = [_spec(n, st) for n, st in zip(seg_names, seg_leaves, strict=True)]
         for fname in ("update", "step"):
@@ -312,6 +341,8 @@ def _compile_optimizer(
         manifest["schema_version"] = EXTERNAL_TRANSIENTS_SCHEMA_VERSION  # older runtimes cannot call it
     if manifest.get("segments", {}).get("derived"):  # older runtimes would ask the caller for them
         manifest["schema_version"] = DERIVED_SEGMENTS_SCHEMA_VERSION
+    if counters:  # older runtimes would not pass the spares
+        manifest["schema_version"] = SPARE_COUNTS_SCHEMA_VERSION
     transients = ("update", "step") if external else ()
     art = _finish(parts, manifest, options, flags, t0, aliases, transients)
     art.notes.extend(layout_notes(options, layout.kind, layout.size, layout.flat_dtype))
@@ -335,6 +366,9 @@ EXTERNAL_TRANSIENTS_SCHEMA_VERSION = 2
 # A module whose segments group has leaves the runtime computes (segment_bounds) needs a runtime
 # that computes them (polaris_runtime reads schema version 3 since it does).
 DERIVED_SEGMENTS_SCHEMA_VERSION = 3
+# A module whose step stores its counters in spare buffers needs a runtime that passes and swaps
+# them (polaris_runtime reads schema version 4 since it does).
+SPARE_COUNTS_SCHEMA_VERSION = 4
 
 
 def _check_transient_sizes(vm: str, transients, flags, temps) -> None:

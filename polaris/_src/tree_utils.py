@@ -198,7 +198,48 @@ def bias_correction(moments, decay, count):
 def safe_increment(count):
     """``count + 1`` that saturates at int32's maximum instead of wrapping to negative."""
     max_value = jnp.iinfo(COUNT_DTYPE).max
-    return jnp.where(count < max_value, count + 1, max_value).astype(COUNT_DTYPE)
+    out = jnp.where(count < max_value, count + 1, max_value).astype(COUNT_DTYPE)
+    increments = _INCREMENTS.get()
+    if increments is not None:
+        increments[id(out)] = (out, count)  # (the result kept alive, so that its id stays its own)
+    return out
+
+
+def split_increment(count):
+    """:func:`safe_increment`'s value written with other operations (``min(count, max - 1) + 1``).
+
+    A compiler stores a recognised counter's new value with this form while the kernels that use
+    the new count compute theirs from the old one with :func:`safe_increment`: IREE keeps the two
+    apart, so the elementwise kernel no longer waits for the dispatch that writes the count
+    (``polaris_compiler``'s spare counts; docs/performance.md, seventeenth pass)."""
+    return (jnp.minimum(count, jnp.iinfo(COUNT_DTYPE).max - 1) + 1).astype(COUNT_DTYPE)
+
+
+_INCREMENTS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("polaris_increments", default=None)
+
+
+@contextlib.contextmanager
+def recording_increments():
+    """Within the block, :func:`safe_increment` records what it returns: the yielded
+    :class:`Increments` says whether a traced value is ``safe_increment(x)`` of a given ``x``,
+    which is how a compiler recognises a state leaf that is a step counter."""
+    token = _INCREMENTS.set({})
+    try:
+        yield Increments(_INCREMENTS.get())
+    finally:
+        _INCREMENTS.reset(token)
+
+
+class Increments:
+    """The :func:`safe_increment` calls of one traced block (:func:`recording_increments`)."""
+
+    def __init__(self, seen: dict):
+        self._seen = seen
+
+    def of(self, new, old) -> bool:
+        """Whether ``new`` is the very value ``safe_increment(old)`` returned in the block."""
+        entry = self._seen.get(id(new))
+        return entry is not None and entry[0] is new and entry[1] is old
 
 
 def cast_like(updates, like):

@@ -93,6 +93,12 @@ def c_header(manifest: Manifest, prefix: str = "polaris", source: str | None = N
         w(" * EXTERNAL_TRANSIENTS: update and step take one more argument after those listed (before")
         w(" * any fences): a device buffer (iree_hal_buffer_t*) of at least the bytes their reflection")
         w(" * attribute iree.abi.transients.size.constant names, reused across calls that do not overlap.")
+    if any(f.spares for f in m.functions.values()):
+        w(" * SPARE COUNTS (schema version 4): a function with _NUM_SPARES > 0 takes that many more")
+        w(" * arguments after its inputs (before any transient buffer and fences): one int32 scalar")
+        w(" * buffer view per state leaf named in _SPARE_<k>, where it writes that leaf's new value;")
+        w(" * the leaf's own buffer is not written. The result for the leaf is the spare's buffer: pass")
+        w(" * the results as the next call's state and the leaf's old buffer as its spare (docs/abi.md).")
     w(" */")
     guard = f"{P}_MODULE_H_"
     w(f"#ifndef {guard}")
@@ -120,6 +126,10 @@ def c_header(manifest: Manifest, prefix: str = "polaris", source: str | None = N
         w(f"#define {F}_FUNCTION {_c_string(fname)}")
         w(f"#define {F}_NUM_INPUTS {len(ins)}")
         w(f"#define {F}_NUM_OUTPUTS {len(outs)}")
+        if f.spares:
+            w(f"#define {F}_NUM_SPARES {len(f.spares)}  /* int32 scalars after the inputs: SPARE COUNTS above */")
+            for k, leaf in enumerate(f.spares):
+                w(f"#define {F}_SPARE_{k} {_c_string(leaf)}")
         for kind, args in (("IN", ins), ("OUT", outs)):
             w(f"enum {{ /* {fname} {'arguments' if kind == 'IN' else 'results'}, in order */")
             used: set[str] = set()

@@ -30,9 +30,11 @@ SCHEMA_VERSION = 1
 # 2: ``update``/``step`` also take their transient storage, a buffer after the arrays (modules
 # compiled with ``CompileOptions(external_transients=True)``; ``target.external_transients``).
 # 3: the ``segments`` group holds leaves the runtime computes from the others
-# (``segments.derived``: a "tree" module's ``segment_bounds``). A module gets the highest version
-# whose feature it uses.
-SUPPORTED_SCHEMA_VERSIONS = (1, 2, 3)
+# (``segments.derived``: a "tree" module's ``segment_bounds``).
+# 4: ``step`` writes its step counters' new values into spare buffers the caller passes after the
+# arrays (``functions.step.spares``: the state leaves so stored; ``CompileOptions.spare_counts``).
+# A module gets the highest version whose feature it uses.
+SUPPORTED_SCHEMA_VERSIONS = (1, 2, 3, 4)
 REFLECTION_KEY = "polaris.manifest"
 
 DTYPES = ("float32", "float16", "bfloat16", "int32", "uint32", "int8", "bool")
@@ -78,6 +80,10 @@ class FunctionSpec:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     donates: tuple[str, ...] = ()
+    # state leaves whose new value the function writes into a spare buffer the caller passes
+    # after the input groups' arrays (one 4-byte int32 each, in this order); the leaf's own buffer
+    # is left as it was and becomes the next call's spare (schema version 4; docs/abi.md)
+    spares: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,10 +153,11 @@ class Manifest:
             }
             functions = {
                 name: FunctionSpec(
-                    tuple(f["inputs"]), tuple(f["outputs"]), tuple(f.get("donates", ()))
+                    tuple(f["inputs"]), tuple(f["outputs"]), tuple(f.get("donates", ())), tuple(f.get("spares", ()))
                 )
                 for name, f in d["functions"].items()
             }
+            _check_spares(functions, groups)
             hps = tuple(
                 Hyperparameter(h["name"], h["leaf"], float(h["default"]), h.get("dtype", "float32"))
                 for h in d.get("hyperparameters", ())
@@ -189,6 +196,17 @@ def dim_ref(want: str) -> tuple[int, str]:
         k, star, sym = want.partition("*")
         ref = _DIM_REFS[want] = (int(k), sym) if star and k.isdigit() and int(k) >= 1 and sym else (1, want)
     return ref
+
+
+def _check_spares(functions: dict, groups: dict) -> None:
+    state = {s.name: s for s in groups.get("state", ())}
+    for name, f in functions.items():
+        for leaf in f.spares:
+            spec = state.get(leaf)
+            if spec is None or "state" not in f.inputs or "state" not in f.outputs or "state" not in f.donates:
+                raise ValueError(f"functions.{name}.spares: {leaf!r} is not a state leaf that {name} takes, returns and donates")
+            if spec.shape != () or spec.dtype != "int32":
+                raise ValueError(f"functions.{name}.spares: {leaf!r} is {spec.dtype}{spec.shape_str()}, not an int32 scalar")
 
 
 def _check_segments(d: dict, groups: dict) -> None:

@@ -83,6 +83,7 @@ def _release_plans_at_exit() -> None:
                 if plan is not None:
                     plan._release()
             mod._tails = {}  # transient buffers (external_transients), freed while the device exists
+            mod._spares = {}  # spare counts (spare_counts), likewise
     gc.collect()
 
 
@@ -135,6 +136,27 @@ class Module:
                 self._tails[name] = (buf,)
         if any(self._direct.get(name) is None for name in self._tails):
             raise ModuleError(f"{path}: a function taking a transient buffer that this runtime cannot call directly")
+        # Step counters kept in two buffers (CompileOptions.spare_counts; manifest
+        # functions.<name>.spares): the function writes each counter's new value into a spare
+        # passed after the arrays (before the transient buffer) and leaves the old buffer as it
+        # was, which becomes the spare of the next call. One set per function, swapped under the
+        # lock by every path that calls it (_direct_call, _CallPlan); allocated here.
+        self._spares: dict[str, tuple] = {}  # name -> the spares' buffer views, in manifest order
+        self._spare_in_state: dict[str, tuple[int, ...]] = {}  # name -> the counters' state leaf indices
+        self._spare_at: dict[str, tuple[int, ...]] = {}  # name -> their positions among the arguments
+        state_names = [leaf.name for leaf in manifest.groups.get("state", ())]
+        for name, f in manifest.functions.items():
+            if not f.spares:
+                continue
+            if self._direct.get(name) is None:
+                raise ModuleError(f"{path}: a function taking spare counts that this runtime cannot call directly")
+            before = sum(len(manifest.group(g)) for g in f.inputs[: f.inputs.index("state")])
+            self._spare_in_state[name] = idx = tuple(state_names.index(leaf) for leaf in f.spares)
+            self._spare_at[name] = tuple(before + i for i in idx)
+            self._spares[name] = tuple(  # signless, as IREE's results are
+                rt.asdevicearray(config.device, np.zeros((), np.int32), element_type=rt.HalElementType.INT_32)._buffer_view
+                for _ in idx
+            )
         self._tick = 0  # calls queued on self._sem
         self._verified_lists: dict[str, tuple] = {}
         self._plans: dict[str, _CallPlan | None] = {}  # Optimizer.step/update (see _CallPlan)
@@ -335,8 +357,8 @@ class Module:
         if fname in self._dynamic_reductions:
             self._check_reduction_limit(fname, dims)
         direct = self._direct.get(fname)
-        if self._asynchronous or fname in self._tails:  # IREE's FunctionInvoker cannot pass fences
-            # or a transient buffer: upload host arrays here, so the direct call takes them
+        if self._asynchronous or fname in self._tails or fname in self._spares:  # IREE's FunctionInvoker
+            # cannot pass fences, a transient buffer or spares: upload host arrays here, so the direct call takes them
             args = [a if isinstance(a, rt.DeviceArray) else dev.upload(self.device, a) for a in args]
         with self._lock:
             if direct is not None and all(isinstance(a, rt.DeviceArray) for a in args):
@@ -415,8 +437,13 @@ ORDERS = ("fences", "stream")
 # docs/performance.md, fourteenth pass); local-sync runs each call to the end on the caller's
 # thread. local-task, Vulkan and HIP may finish them out of order.
 STREAM_ORDERED_DRIVERS = ("cuda", "local-sync")
-# IREE runtime versions whose CUDA HAL was checked to work so (order=None picks "stream" there)
-STREAM_CHECKED_IREE = ("3.13.",)
+# IREE runtime versions whose CUDA HAL was checked to work so (order=None picks "stream" there).
+# None since the seventeenth pass: on an H200 with IREE 3.13.0 a stream-ordered Adam loop failed
+# after 6427 calls ("timeline already at 6427, cannot signal 6426": two calls' completions
+# signalled out of order), and the device refused every allocation after it. Thousands of calls
+# had run so on H100s and the H200 before, bit-identical to fence-chained ones; it is rare, not
+# impossible. order="stream" stays for those who ask (docs/performance.md, seventeenth pass).
+STREAM_CHECKED_IREE: tuple[str, ...] = ()
 
 
 def resolve_order(order: str | None, asynchronous: bool, driver: str, path: str = "this module", iree_version: str | None = None) -> str:
@@ -893,8 +920,11 @@ def load(path_or_bytes, device: str | None = None, *, order: str | None = None) 
         one CUDA stream, and ``local-sync``): on an H100 an Adam step at 1e6 takes 23 us instead
         of 55 us (torch fused 50-88 us; docs/performance.md, fourteenth pass); from 1e7 up the
         kernel hides the difference. It relies on how IREE's CUDA HAL works, not on what it
-        promises, so ``None`` (default) picks it only for async modules on CUDA with an IREE
-        runtime it was checked on (:data:`STREAM_CHECKED_IREE`), and ``"fences"`` elsewhere.
+        promises, and on an H200 (IREE 3.13.0) a loop so ordered failed once after 6427 calls
+        (two completions signalled out of order; the device then refused every allocation:
+        seventeenth pass). ``None`` (default) picks it only for async modules on CUDA with an
+        IREE runtime checked to work so (:data:`STREAM_CHECKED_IREE`: none now), so
+        ``"fences"`` everywhere.
         ``Module.order`` says which one a module got.
 
     Returns:

@@ -65,13 +65,19 @@ def _direct_call(vm_module: rt.VmModule, name: str, n_out: int):
     bv_type, device_array = rt.HalBufferView, rt.DeviceArray
 
     def call(mod: Module, args):
+        """(Under the module's lock.)"""
         arg_list = rt.VmVariantList(len(args) + 3)  # + a transient buffer, an async export's two fences
         for a in args:
             arg_list.push_ref(a._buffer_view)
+        spares = mod._spares.get(name)
+        for bv in spares or ():
+            arg_list.push_ref(bv)
         for r in mod._tails.get(name, ()):
             arg_list.push_ref(r)
         ret = rt.VmVariantList(n_out)
         mod._invoke(name, fn, arg_list, ret)
+        if spares is not None:  # the counters' new values are in the spares; their old buffers are the next spares
+            mod._spares[name] = tuple(args[i]._buffer_view for i in mod._spare_at[name])
         device = mod.device
         return tuple(
             device_array(device, ret.get_as_object(i, bv_type), implicit_host_transfer=True, override_dtype=dtypes[i])
@@ -208,17 +214,21 @@ class _CallPlan:
                     return None
                 given.append(a)
         call, mod = self.call, self.mod
-        args = _vm_args([
-            *(items if g in trusted or g == "segments" else [a._buffer_view for a in items]
-              for g, items in zip(self.inputs, given, strict=True)),
-            self.tail,
-        ])
+        parts = [
+            items if g in trusted or g == "segments" else [a._buffer_view for a in items]
+            for g, items in zip(self.inputs, given, strict=True)
+        ]
         ret = rt.VmVariantList(call.n_out)
+        spare_in = mod._spare_in_state.get(self.fname)
         with mod._lock:
             for g in trusted:
                 if groups[g]._consumed_by is not None:
                     return None  # another thread donated it meanwhile: the checked path says so
-            mod._invoke(self.fname, call.function, args, ret)
+            spares = mod._spares[self.fname] if spare_in else None  # read and swapped under the lock
+            mod._invoke(self.fname, call.function, _vm_args([*parts, spares or (), self.tail]), ret)
+            if spares is not None:  # the counters' old buffers are the next call's spares
+                state = parts[self.inputs.index("state")]
+                mod._spares[self.fname] = after = tuple(state[i] for i in spare_in)
             for g in trusted:
                 groups[g]._consumed_by = self.fname
         aliased, out, at = self.aliased, {}, self.inputs.index
@@ -231,7 +241,12 @@ class _CallPlan:
             out[g] = t = Tree._of_views(g, specs, views, dtypes, mod, dims)
             if g in trusted:
                 trusted[g] = t
-        if aliased is None:
+        if aliased is None and spare_in:
+            # the step stores its counters in the spares: in place but for them, it alternates
+            # between two sets of buffers (_make_pingpong_step); results are read from the list
+            self.aliased = False
+            self.fast = self._make_pingpong_step(given, spares, after, out)
+        elif aliased is None:
             self.aliased = all(_in_place(given[at(g)], out[g]._views) for g in trusted)
             if self.aliased:
                 self._make_lean(given)
@@ -279,11 +294,13 @@ class _CallPlan:
             self.last[g] = got
         return refs
 
-    def _call_donating(self, donated: tuple, args: rt.VmVariantList) -> list | None:
+    def _call_donating(self, donated: tuple, args: rt.VmVariantList, spares: tuple | None = None) -> list | None:
         """Invokes the function under the module's lock, unless one of ``donated`` was donated
         meanwhile (then None: the checked path says so); marks them donated. Returns the views of
         the results that are not written in place (update's updates), read under the lock
-        because the result list is the plan's."""
+        because the result list is the plan's. ``spares``: ``(expected, after)``, the module's
+        spare counts this call's ``args`` pass (None, and no call, if they are not the module's
+        now) and those it leaves."""
         mod, ret = self.mod, self.ret
         lock = mod._lock
         lock.acquire()
@@ -291,6 +308,8 @@ class _CallPlan:
             for value in donated:
                 if value._consumed_by is not None:
                     return None
+            if spares is not None and mod._spares.get(self.fname) is not spares[0]:
+                return None  # another state's call swapped them: the checked path passes the module's
             if self.invoke is not None:  # synchronous: no fences to add
                 try:
                     self.invoke(self.call.function, args, ret)
@@ -298,6 +317,8 @@ class _CallPlan:
                     raise failed_inside_iree(self.fname, mod.driver, e) from None
             else:
                 mod._invoke(self.fname, self.call.function, args, ret)
+            if spares is not None:
+                mod._spares[self.fname] = spares[1]
             for value in donated:
                 value._consumed_by = self.fname
             get, bv_type = ret.get_as_object, rt.HalBufferView
@@ -398,6 +419,72 @@ class _CallPlan:
                     params._consumed_by = state._consumed_by = fname
                 finally:
                     lock.release()
+            p, s = new(Tree), new(Tree)
+            p.__dict__, s.__dict__ = p_tmpl.copy(), s_tmpl.copy()
+            trusted["params"], trusted["state"] = p, s
+            return p, s
+
+        return fast
+
+
+    def _make_pingpong_step(self, given: list, used: tuple, after: tuple, out: dict[str, Tree]):
+        """``step``'s steady state for a module that stores its counters in spare buffers
+        (manifest ``functions.step.spares``): what :meth:`_make_fast_step` is for in-place modules,
+        with two sets of state buffers used in turn. The call just made took state buffers ``S0``
+        and spares ``used`` and returned ``S1`` (``S0`` with its counters in ``used``), leaving the
+        counters' old buffers (``after``) as spares; the next call takes ``S1`` with ``after`` and
+        returns ``S0``, and so on. Each phase's argument suffix and result templates are made here,
+        once. Returns None (no fast path) unless the call wrote everything else in place."""
+        if (self.fname != "step" or self.inputs[:3] != ("params", "grads", "state")
+                or set(self.trusted) != {"params", "state"}):
+            return None
+        spare_in = self.mod._spare_in_state[self.fname]
+        p0, s0, s1 = given[0], tuple(given[2]), tuple(out["state"]._views)
+        others = [i for i in range(len(s0)) if i not in spare_in]
+        if not (
+            _in_place(p0, out["params"]._views)
+            and _in_place(tuple(s0[i] for i in others), tuple(s1[i] for i in others))
+            and all(s1[i].get_buffer().ref == used[k].get_buffer().ref for k, i in enumerate(spare_in))
+        ):
+            return None
+        (_, p_specs, p_dims, _, _, p_dt), (_, s_specs, s_dims, _, _, s_dt) = self.outputs
+        mod, rest = self.mod, [bv.ref for bv in self.seg_views]  # inputs after the state: segments
+        tail = [*self.tail]
+
+        def template(views):
+            return dict(vars(Tree._of_views("state", s_specs, views, s_dt, mod, s_dims)))
+
+        # phase k: (argument suffix, the state template it returns, the spares it expects, leaves)
+        phases = (
+            ([*(bv.ref for bv in s0), *rest, *(bv.ref for bv in used), *tail], template(s1), used, after),
+            ([*(bv.ref for bv in s1), *rest, *(bv.ref for bv in after), *tail], template(s0), after, used),
+        )
+        phase = [1]  # the state just returned is S1
+        p_refs = [bv.ref for bv in p0]
+        p_tmpl = dict(vars(Tree._of_views("params", p_specs, p0, p_dt, mod, p_dims)))
+        self.lean_refs = {g: (self.last[g], [a._buffer_view.ref for a in self.last[g]]) for g in self.checked}
+        self.fresh = ()
+        self.ret = rt.VmVariantList(self.call.n_out)
+        self.invoke = mod._context.vm_context.invoke if mod._sem is None else None
+        plan, trusted, seg, new, lean_refs = self, self.trusted, self.segments, Tree.__new__, self.lean_refs
+
+        def fast(params, grads, state, segments):
+            if params is not trusted["params"] or state is not trusted["state"] or segments is not seg:
+                return None
+            if (params._arr is not None and params._pristine_views() is None) or (
+                state._arr is not None and state._pristine_views() is None
+            ):
+                return None
+            last, g_refs = lean_refs["grads"]
+            if not _is_last(grads, last):
+                g_refs = plan._checked_refs("grads", grads)
+                if g_refs is None:
+                    return None
+            k = phase[0]
+            suffix, s_tmpl, expected, leaves = phases[k]
+            if plan._call_donating((params, state), _vm_args((p_refs, g_refs, suffix)), (expected, leaves)) is None:
+                return None
+            phase[0] = 1 - k
             p, s = new(Tree), new(Tree)
             p.__dict__, s.__dict__ = p_tmpl.copy(), s_tmpl.copy()
             trusted["params"], trusted["state"] = p, s

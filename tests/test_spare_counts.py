@@ -1,0 +1,147 @@
+"""Spare counts (``CompileOptions.spare_counts``; docs/performance.md, seventeenth pass): ``step``
+writes each step counter's new value into a spare buffer the caller passes, and the runtime swaps
+the two. On by default for async CUDA modules; here forced on for the CPU, where the runtime's
+every call path (checked, planned, the two-phase steady state) is exercised and must step exactly
+like the module without them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import polaris_runtime as pr
+from polaris_compiler import CompileOptions, Layout, Target
+from polaris_runtime import device as dev
+from polaris_runtime.errors import ModuleError
+
+N = 1000
+
+
+def test_the_default_is_on_for_async_cuda_modules_only():
+    on = CompileOptions(target=Target.CUDA, asynchronous=True).resolved()
+    assert on.spare_counts is True
+    for o in (CompileOptions(target=Target.CUDA), CompileOptions(asynchronous=True), CompileOptions(target=Target.VULKAN, asynchronous=True),
+              CompileOptions(target=Target.CUDA, extra_targets=(Target.LLVM_CPU,), asynchronous=True)):
+        assert o.resolved().spare_counts is False, o
+    assert CompileOptions(spare_counts=True).resolved().spare_counts is True
+
+
+@pytest.mark.parametrize("name", ["adam", "lamb"])
+def test_the_manifest_names_the_counters_and_needs_schema_4(modules, name):
+    art = modules.artifact(name, dict(learning_rate=0.01), Layout.flat(size=N), spare_counts=True)
+    step = art.manifest["functions"]["step"]
+    assert step["spares"] == ["0/count"] if name == "adam" else step["spares"]  # LAMB's adam counter too
+    assert all(s in [x["name"] for x in art.manifest["groups"]["state"]] for s in step["spares"])
+    assert art.manifest["schema_version"] == 4
+    assert "spares" not in art.manifest["functions"]["update"]  # update writes them in place, as before
+    plain = modules.artifact(name, dict(learning_rate=0.01), Layout.flat(size=N))
+    assert "spares" not in plain.manifest["functions"]["step"] and plain.manifest["schema_version"] < 4
+
+
+def test_a_transform_without_a_counter_gets_no_spares(modules):
+    art = modules.artifact("sgd", dict(learning_rate=0.01, momentum=0.9), Layout.flat(size=N), spare_counts=True)
+    assert "spares" not in art.manifest["functions"]["step"] and art.manifest["schema_version"] < 4
+
+
+def _run(opt, p, grads, steps, interleave=None):
+    """``steps`` steps through the runtime's API (checked first call, then the plans), with a second
+    state stepped on the same module every ``interleave`` steps; the parameters and counts."""
+    gd = [dev.upload(opt.device, g) for g in grads]
+    params, state = [dev.upload(opt.device, p.copy())], opt.init(p)
+    other = ([dev.upload(opt.device, p.copy())], opt.init(p))
+    counts = []
+    for k in range(steps):
+        params, state = opt.step(params, gd[k % len(gd)], state)
+        if interleave and k % interleave == interleave - 1:
+            other = opt.step(other[0], gd[0], other[1])
+        if k % 9 == 4:
+            counts.append(opt.step_count(state))  # a read mid-loop: the plan goes on
+    opt.wait()
+    if not interleave:
+        return np.asarray(params.numpy()), opt.step_count(state)
+    return np.asarray(params.numpy()), opt.step_count(state), np.asarray(other[0].numpy()), opt.step_count(other[1]), counts
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_steps_exactly_like_the_module_without_them(modules, asynchronous):
+    rng = np.random.default_rng(7)
+    p = rng.standard_normal(N).astype(np.float32)
+    grads = [rng.standard_normal(N).astype(np.float32) for _ in range(3)]
+    lay = Layout.flat(size=N)
+    got = {}
+    for spares in (False, True):
+        opt = modules.load("adam", dict(learning_rate=0.01), lay, asynchronous=asynchronous, spare_counts=spares)
+        assert bool(opt._spares) is spares
+        got[spares] = _run(opt, p, grads, 40, interleave=7)
+        if spares:
+            opt2 = modules.load("adam", dict(learning_rate=0.01), lay, asynchronous=asynchronous, spare_counts=True)
+            plain_loop = _run(opt2, p, grads, 40)
+            assert opt2._plans["step"].fast is not None  # the two-phase steady state ran
+    np.testing.assert_array_equal(got[True][0], got[False][0])
+    np.testing.assert_array_equal(got[True][2], got[False][2])
+    assert got[True][1] == got[False][1] == 40 and got[True][3] == got[False][3] == 5
+    assert got[True][4] == got[False][4] == [5, 14, 23, 32]
+    assert plain_loop[1] == 40  # (without the interleaved state: its own numbers, checked below)
+    np.testing.assert_array_equal(plain_loop[0], _run(modules.load("adam", dict(learning_rate=0.01), lay, asynchronous=asynchronous), p, grads, 40)[0])
+    assert np.abs(got[True][0] - p).max() > 1e-2  # it did step
+
+
+def test_the_count_moves_between_two_buffers_and_the_spare_is_never_a_live_leaf(modules):
+    opt = modules.load("adam", dict(learning_rate=0.01), Layout.flat(size=N), spare_counts=True)
+    g = dev.upload(opt.device, np.ones(N, np.float32))
+    params, state = [dev.upload(opt.device, np.zeros(N, np.float32))], opt.init(np.zeros(N, np.float32))
+    seen = set()
+    for _ in range(6):
+        params, state = opt.step(params, g, state)
+        count_buf = state._pristine_views()[0].get_buffer().ref
+        spare_buf = opt._spares["step"][0].get_buffer().ref
+        assert count_buf != spare_buf  # the next call writes the spare: never the live count
+        seen.add(repr(count_buf))
+    assert len(seen) == 2 and opt.step_count(state) == 6
+
+
+def test_checkpoints_round_trip(modules, tmp_path):
+    lay = Layout.flat(size=N)
+    opt = modules.load("adam", dict(learning_rate=0.01), lay, spare_counts=True)
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal(N).astype(np.float32)
+    g = dev.upload(opt.device, rng.standard_normal(N).astype(np.float32))
+    params, state = [dev.upload(opt.device, p)], opt.init(p)
+    for _ in range(5):
+        params, state = opt.step(params, g, state)
+    opt.save_checkpoint(tmp_path / "c.safetensors", state, params)
+    s2, p2 = opt.restore_checkpoint(tmp_path / "c.safetensors")
+    assert opt.step_count(s2) == 5
+    a = opt.step(params, g, state)
+    b = opt.step(p2, g, s2)
+    np.testing.assert_array_equal(np.asarray(a[0].numpy()), np.asarray(b[0].numpy()))
+    assert opt.step_count(a[1]) == opt.step_count(b[1]) == 6
+
+
+def test_a_manifest_naming_a_bad_spare_is_refused():
+    from polaris_runtime.manifest import Manifest
+
+    base = {
+        "schema": "polaris-iree/manifest", "schema_version": 4, "kind": "optimizer", "name": "x",
+        "groups": {"params": [{"name": "w", "shape": [4], "dtype": "float32"}],
+                   "state": [{"name": "count", "shape": [], "dtype": "int32"}, {"name": "mu", "shape": [4], "dtype": "float32"}]},
+        "functions": {"step": {"inputs": ["params", "grads", "state"], "outputs": ["params", "state"],
+                               "donates": ["params", "state"], "spares": ["count"]}},
+    }
+    assert Manifest.from_dict(base).functions["step"].spares == ("count",)
+    for leaf, why in (("mu", "not an int32 scalar"), ("nope", "not a state leaf")):
+        base["functions"]["step"]["spares"] = [leaf]
+        with pytest.raises(ModuleError, match=why):
+            Manifest.from_dict(base)
+
+
+def test_the_c_header_lists_them(modules):
+    from polaris_runtime.cheader import c_header
+    from polaris_runtime.manifest import Manifest
+
+    art = modules.artifact("adam", dict(learning_rate=0.01), Layout.flat(size=N), spare_counts=True)
+    h = c_header(Manifest.from_dict(art.manifest))
+    assert '#define POLARIS_STEP_NUM_SPARES 1' in h and '#define POLARIS_STEP_SPARE_0 "0/count"' in h
+    assert "SPARE COUNTS (schema version 4)" in h and "POLARIS_UPDATE_NUM_SPARES" not in h
+    plain = c_header(Manifest.from_dict(modules.artifact("adam", dict(learning_rate=0.01), Layout.flat(size=N)).manifest))
+    assert "SPARE" not in plain
