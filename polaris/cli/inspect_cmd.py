@@ -76,6 +76,10 @@ def inspect_cmd(module: str, as_json: bool, c_header: bool, prefix: str | None) 
     if t.get("external_transients"):
         click.echo("  transients: update and step take their transient storage as a buffer after the arrays "
                    "(CompileOptions.external_transients, experimental; docs/abi.md)")
+    for fname, f in m.functions.items():
+        if f.spares:
+            click.echo(f"  spare counts: {fname} writes {', '.join(f.spares)} into spare int32 buffers passed after "
+                       f"its arrays; the caller swaps them (CompileOptions.spare_counts; docs/abi.md)")
     if t.get("cpu_variants"):
         click.echo("  cpu variants (best first, picked at load): " + ", ".join(t["cpu_variants"]))
     click.echo(f"  flags: {' '.join(t.get('flags', []))}")
