@@ -366,6 +366,22 @@ class _CallPlan:
                 out[g] = Tree._of_views(g, specs, fresh.pop(0), dtypes, mod, dims)
         return out
 
+    def _steady_grads(self, params, grads, state, segments) -> list | None:
+        """The steady-state step's checks (:meth:`_make_fast_step`, :meth:`_make_pingpong_step`):
+        ``params`` and ``state`` are the Trees the last call returned, unchanged, with the same
+        segments; then the gradients' argument refs, or None where the checked path must run."""
+        trusted = self.trusted
+        if params is not trusted["params"] or state is not trusted["state"] or segments is not self.segments:
+            return None
+        if (params._arr is not None and params._pristine_views() is None) or (
+            state._arr is not None and state._pristine_views() is None
+        ):
+            return None
+        last, g_refs = self.lean_refs["grads"]
+        if not _is_last(grads, last):
+            return self._checked_refs("grads", grads)
+        return g_refs
+
     def _make_fast_step(self):
         """``step(params, grads, state, segments)`` in the steady state as one closure: what
         :meth:`_run_lean` does, without its loops over groups and dicts (a 10k-parameter Adam
@@ -374,11 +390,11 @@ class _CallPlan:
         if (self.fname != "step" or self.inputs[:3] != ("params", "grads", "state")
                 or set(self.trusted) != {"params", "state"} or self.fresh):
             return None
-        plan, trusted, seg = self, self.trusted, self.segments
+        plan, trusted, steady = self, self.trusted, self._steady_grads
         p_refs = self.lean[0][2]
         suffix = [*(r for _, is_donated, const in self.lean[2:] if is_donated is not None for r in const), *self.tail]
         p_tmpl, s_tmpl = self.templates["params"], self.templates["state"]
-        new, lean_refs = Tree.__new__, self.lean_refs
+        new = Tree.__new__
         lock, invoke, function, ret, fname = self.mod._lock, self.invoke, self.call.function, self.ret, self.fname
         # A synchronous module's argument list is kept (plan.kept, as _run_lean keeps it) while the
         # gradients are the same arrays: IREE reads the list and leaves it as it was, and every
@@ -387,17 +403,9 @@ class _CallPlan:
         # gradients' ref list, which _checked_refs replaces whole when the gradients change; one
         # tuple, swapped whole, so threads sharing the module read a matching pair.
         def fast(params, grads, state, segments):
-            if params is not trusted["params"] or state is not trusted["state"] or segments is not seg:
+            g_refs = steady(params, grads, state, segments)
+            if g_refs is None:
                 return None
-            if (params._arr is not None and params._pristine_views() is None) or (
-                state._arr is not None and state._pristine_views() is None
-            ):
-                return None
-            last, g_refs = lean_refs["grads"]
-            if not _is_last(grads, last):
-                g_refs = plan._checked_refs("grads", grads)
-                if g_refs is None:
-                    return None
             if invoke is None:  # an async module: the module appends this call's fences to the list
                 if plan._call_donating((params, state), _vm_args((p_refs, g_refs, suffix))) is None:
                     return None
@@ -425,7 +433,6 @@ class _CallPlan:
             return p, s
 
         return fast
-
 
     def _make_pingpong_step(self, given: list, used: tuple, after: tuple, out: dict[str, Tree]):
         """``step``'s steady state for a module that stores its counters in spare buffers
@@ -466,20 +473,12 @@ class _CallPlan:
         self.fresh = ()
         self.ret = rt.VmVariantList(self.call.n_out)
         self.invoke = mod._context.vm_context.invoke if mod._sem is None else None
-        plan, trusted, seg, new, lean_refs = self, self.trusted, self.segments, Tree.__new__, self.lean_refs
+        plan, trusted, steady, new = self, self.trusted, self._steady_grads, Tree.__new__
 
         def fast(params, grads, state, segments):
-            if params is not trusted["params"] or state is not trusted["state"] or segments is not seg:
+            g_refs = steady(params, grads, state, segments)
+            if g_refs is None:
                 return None
-            if (params._arr is not None and params._pristine_views() is None) or (
-                state._arr is not None and state._pristine_views() is None
-            ):
-                return None
-            last, g_refs = lean_refs["grads"]
-            if not _is_last(grads, last):
-                g_refs = plan._checked_refs("grads", grads)
-                if g_refs is None:
-                    return None
             k = phase[0]
             suffix, s_tmpl, expected, leaves = phases[k]
             if plan._call_donating((params, state), _vm_args((p_refs, g_refs, suffix)), (expected, leaves)) is None:
