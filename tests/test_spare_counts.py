@@ -208,3 +208,49 @@ def test_every_optimizer_steps_alike_with_them(modules, name):
             np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=f"{name} {k}")
     for c in counters:  # a recognised counter counted every step
         assert int(np.asarray(flat(got[True][1])[c])) == 8
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_threads_sharing_a_module_keep_their_own_counts(modules, asynchronous):
+    """Two loops on one module in two threads, the interpreter switching as often as it can: the
+    module's one set of spares is read and swapped under its lock, so neither loop ever writes
+    its count into a buffer the other's state holds."""
+    import sys
+    import threading
+
+    opt = modules.load("adam", dict(learning_rate=0.01), Layout.flat(size=N), asynchronous=asynchronous, spare_counts=True)
+
+    def loop(k, steps=120):
+        p = np.linspace(-1, 1, N, dtype=np.float32) * (k + 1)
+        params, state = [dev.upload(opt.device, p)], opt.init(p)
+        g = dev.upload(opt.device, np.full(N, 0.1 * (k + 1), np.float32))
+        for _ in range(steps + 7 * k):  # different lengths: different counts
+            params, state = opt.step(params, g, state)
+        return np.asarray(params.numpy()), opt.step_count(state)
+
+    sequential = [loop(0), loop(1)]
+    got, errors = [None, None], []
+    barrier = threading.Barrier(2)
+
+    def run(k):
+        try:
+            barrier.wait()
+            got[k] = loop(k)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    for (a, ca), (b, cb) in zip(sequential, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert ca == cb
+    assert [c for _, c in got] == [120, 127]
