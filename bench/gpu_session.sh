@@ -9,6 +9,7 @@
 # (the device tool returns at most 8 files; a cut-off session keeps what finished): check.log
 # (host facts first), count/count.{md,json} (bench/gpu_count_probe.py: Adam's step with its count
 # in two buffers, the product since the seventeenth pass, against the one before and the floor),
+# stress/stress.{md,json} (bench/gpu_stream_stress.py: how often order="stream" fails),
 # check/gpu-check.{md,json} (correctness on local-task, cuda, vulkan),
 # bench.log, bench/<date>-<gpu>-gpu.{md,json} (timings vs torch, jax: every element-wise
 # optimizer's any-length, --size and --size --async modules, the stream-ordered async peers with
@@ -27,7 +28,10 @@ pack() { tar czf "$OUT/results.tgz" -C "$R" . 2>/dev/null; }
 # the product's step (spare counts) against the one before and the floor with no count work, 3 sizes x 7 rows x 3 rounds: ~100 s
 timeout 130 python3 bench/gpu_count_probe.py run out/gpu-count --out "$R/count" > "$R/count.log" 2>&1
 echo "count probe exit $?" | tee -a "$R/count.log"; pack
-timeout 180 python3 bench/gpu_check.py run out/gpu-check --out "$R/check" --timeout 45 >> "$R/check.log" 2>&1
+# the stream order under stress (it failed once, seventeenth pass): 4 trials of each order, 1e5 steps at 1000064, a process each: ~45 s
+timeout 90 python3 bench/gpu_stream_stress.py run out/gpu-count/adam-1000064-spare-counts.vmfb --out "$R/stress" --steps 100000 --trials 4 > "$R/stress.log" 2>&1
+echo "stress exit $?" | tee -a "$R/stress.log"; pack
+timeout 150 python3 bench/gpu_check.py run out/gpu-check --out "$R/check" --timeout 45 >> "$R/check.log" 2>&1
 echo "gpu_check exit $?" | tee -a "$R/check.log"; pack
 # (Adam and SGD with momentum, --repeats 11: the sixteenth pass's 90 s for the count probe came
 # from here and from gpu_check; AdamW and Lion were measured on the H200 and behave like these;
@@ -35,6 +39,6 @@ echo "gpu_check exit $?" | tee -a "$R/check.log"; pack
 timeout 170 python3 bench/gpu.py --modules out/gpu-modules --out "$R/bench" --optimizers adam,sgd_momentum --repeats 11 > "$R/bench.log" 2>&1
 echo "gpu bench exit $?" | tee -a "$R/bench.log"; pack
 # the shipped catalog's CUDA modules against its x86_64 ones (bench/gpu_verify.py), into check.log
-timeout 60 python3 bench/gpu_verify.py --out /tmp/polaris-verify --device cuda >> "$R/check.log" 2>&1
+timeout 40 python3 bench/gpu_verify.py --out /tmp/polaris-verify --device cuda >> "$R/check.log" 2>&1
 echo "catalog check exit $?" | tee -a "$R/check.log"; pack
-tail -n 40 "$R/count/count.md" "$R/check/gpu-check.md" "$R"/bench/*.md 2>/dev/null
+tail -n 40 "$R/count/count.md" "$R/stress/stress.md" "$R/check/gpu-check.md" "$R"/bench/*.md 2>/dev/null

@@ -99,8 +99,8 @@ class CompileOptions:
     # and its kernels compute the new count from the old one, so that the elementwise kernel waits
     # for nothing and nothing is copied: the caller swaps the two buffers after each call (the
     # runtime does; manifest ``functions.step.spares``, schema version 4, docs/abi.md). H200,
-    # Adam ``--size --async``: 1e7 75.2 -> 72.6 us, 1000064 20.1 -> 13.6 us (docs/performance.md,
-    # seventeenth pass). ``None`` (default): on for async modules whose targets are all CUDA
+    # Adam ``--size --async``, raw calls: 1e7 74.8 -> 72.6 us, 1000064 16.6 -> 15.2 us
+    # (docs/performance.md, seventeenth pass). ``None`` (default): on for async modules whose targets are all CUDA
     # (where it was measured), off elsewhere (no gain on CPUs: one dispatch more).
     spare_counts: bool | None = None
 
