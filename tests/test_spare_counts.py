@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import polaris
 import polaris_runtime as pr
 from polaris_compiler import CompileOptions, Layout, Target
 from polaris_runtime import device as dev
@@ -254,3 +255,40 @@ def test_threads_sharing_a_module_keep_their_own_counts(modules, asynchronous):
         np.testing.assert_array_equal(a, b)
         assert ca == cb
     assert [c for _, c in got] == [120, 127]
+
+
+def test_a_loop_that_sets_hyperparameters_and_mixes_update_with_step_steps_alike(modules):
+    """The two-phase steady state meets a state changed in place (a learning rate set between
+    steps), ``update`` (whose count stays in place) and a schedule read from the count: the same
+    numbers as the module without spare counts."""
+    rng = np.random.default_rng(11)
+    p0 = rng.standard_normal(N).astype(np.float32)
+    gs = [rng.standard_normal(N).astype(np.float32) for _ in range(2)]
+    lay = Layout.flat(size=N)
+    got = {}
+    for spares in (False, True):
+        opt = modules.load("adam", dict(learning_rate=polaris.schedules.cosine_decay(0.05, decay_steps=40)), lay, spare_counts=spares)
+        tuned = modules.load("adam", dict(learning_rate=0.05), lay, spare_counts=spares)
+        g = [dev.upload(opt.device, x) for x in gs]
+        params, state = [dev.upload(opt.device, p0)], opt.init(p0)
+        rates = []
+        for k in range(25):  # (the last one a step: params a Tree)
+            if k % 6 == 5:  # update, then apply by hand, then on with step
+                u, state = opt.update(g[k % 2], state, params)
+                params = [dev.upload(opt.device, np.asarray(params.numpy()) + np.asarray(u.numpy()))]
+            else:
+                params, state = opt.step(params, g[k % 2], state)
+            rates.append(opt.current_learning_rate(state))
+        t_params, t_state = [dev.upload(tuned.device, p0)], tuned.init(p0)
+        for k in range(12):
+            if k == 6:
+                t_state = tuned.set_hyperparameter(t_state, "learning_rate", 0.01)
+            t_params, t_state = tuned.step(t_params, g[k % 2], t_state)
+        got[spares] = (np.asarray(params.numpy()), opt.step_count(state), rates, np.asarray(t_params.numpy()),
+                       tuned.get_hyperparameter(t_state, "learning_rate"), tuned.step_count(t_state))
+    a, b = got[False], got[True]
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[3], b[3])
+    assert a[1] == b[1] == 25 and a[5] == b[5] == 12
+    assert a[2] == b[2] and a[2][0] > a[2][-1]  # the schedule read the same counts, and decayed
+    assert a[4] == b[4] == pytest.approx(0.01)
