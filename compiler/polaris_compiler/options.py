@@ -221,14 +221,16 @@ def execution_notes(opts: CompileOptions) -> list[str]:
     through the runtime, Adam ``--size``, sync vs async (docs/performance.md, thirteenth and
     fourteenth passes; async calls ordered by the CUDA stream): 1000064 56-67 -> 22-23 us, 1e7
     156 -> 105 us, 1e8 1.05 -> 0.96 ms (jax.jit(optax) 48-88 us, 104 us, 0.95 ms; torch fused
-    Adam 49-88 us, 113-115 us, 1.08 ms)."""
+    Adam 49-88 us, 113-115 us, 1.08 ms). On an H200 with the runtime's default since the
+    seventeenth pass (fence-chained calls) and spare counts: 1000064 61 -> 43 us, 1e7 124 -> 73
+    us (torch fused 55 us, 81 us)."""
     if opts.asynchronous or not opts.cuda_only:
         return []
     return [
         "cuda: every call of this module waits for the GPU to finish the step before it returns; compile "
         "with --async (CompileOptions(asynchronous=True)) and the runtime queues steps back to back "
-        "(H100, Adam --size 1000064: 56 -> 23 us a step, --size 10000000: 156 -> 105 us; torch fused 50-88 us "
-        "and 115 us; reads of results wait as before, docs/runtime.md)"
+        "(H200, Adam --size 1000064: 61 -> 43 us a step, --size 10000000: 124 -> 73 us; torch fused 55 us "
+        "and 81 us; reads of results wait as before, docs/runtime.md)"
     ]
 
 

@@ -85,9 +85,9 @@ def c_header(manifest: Manifest, prefix: str = "polaris", source: str | None = N
         w(" * ASYNC (compiled with --async): every function takes two more arguments after those listed,")
         w(" * a wait fence and a signal fence (iree_hal_fence_t*), and returns once its work is queued;")
         w(" * wait on the signal fence before reading a result on the host. Chain the calls (each waits")
-        w(" * for the signal of the one before it), or, on IREE 3.13's CUDA driver, whose one stream runs")
-        w(" * submissions in the order they are made, pass a wait fence that is already reached: 15-25 us")
-        w(" * less a call (polaris_runtime's order=\"stream\", docs/runtime.md).")
+        w(" * for the signal of the one before it). A wait fence that is already reached saves 15-25 us a")
+        w(" * call on IREE 3.13's CUDA driver, but such a loop failed once on an H200 (two completions")
+        w(" * signalled out of order; polaris_runtime's order=\"stream\", no longer its default; docs/runtime.md).")
     external = bool(m.target.get("external_transients"))
     if external:
         w(" * EXTERNAL_TRANSIENTS: update and step take one more argument after those listed (before")
