@@ -361,7 +361,7 @@ def test_threads_sharing_a_module_each_get_their_own_gradients(adam, persistent)
     own persistent ones, whose argument lists the plans keep), the interpreter switching threads
     as often as it can: the module's plan is shared, and each loop must still step with its own
     gradients and get its own results."""
-    import threading
+    from _threads import race
 
     def loop(k, steps=150):
         p = np.linspace(-1, 1, N, dtype=np.float32) * (k + 1)
@@ -373,27 +373,7 @@ def test_threads_sharing_a_module_each_get_their_own_gradients(adam, persistent)
         return p.numpy()
 
     sequential = [loop(0), loop(1)]
-    got, errors = [None, None], []
-    barrier = threading.Barrier(2)
-
-    def run(k):
-        try:
-            barrier.wait()
-            got[k] = loop(k)
-        except BaseException as e:  # surfaced below
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can: races show
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        sys.setswitchinterval(interval)
-    assert not errors, errors
+    got = race(loop)
     for a, b in zip(sequential, got, strict=True):
         np.testing.assert_array_equal(a, b)
 

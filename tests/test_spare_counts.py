@@ -44,6 +44,12 @@ def test_a_transform_without_a_counter_gets_no_spares(modules):
     assert "spares" not in art.manifest["functions"]["step"] and art.manifest["schema_version"] < 4
 
 
+def _vectors(seed: int, n_grads: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Parameters and ``n_grads`` gradients of length ``N``, standard normal."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(N).astype(np.float32), [rng.standard_normal(N).astype(np.float32) for _ in range(n_grads)]
+
+
 def _run(opt, p, grads, steps, interleave=None):
     """``steps`` steps through the runtime's API (checked first call, then the plans), with a second
     state stepped on the same module every ``interleave`` steps; the parameters and counts."""
@@ -65,9 +71,7 @@ def _run(opt, p, grads, steps, interleave=None):
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
 def test_steps_exactly_like_the_module_without_them(modules, asynchronous):
-    rng = np.random.default_rng(7)
-    p = rng.standard_normal(N).astype(np.float32)
-    grads = [rng.standard_normal(N).astype(np.float32) for _ in range(3)]
+    p, grads = _vectors(7, 3)
     lay = Layout.flat(size=N)
     got = {}
     for spares in (False, True):
@@ -216,8 +220,7 @@ def test_threads_sharing_a_module_keep_their_own_counts(modules, asynchronous):
     """Two loops on one module in two threads, the interpreter switching as often as it can: the
     module's one set of spares is read and swapped under its lock, so neither loop ever writes
     its count into a buffer the other's state holds."""
-    import sys
-    import threading
+    from _threads import race
 
     opt = modules.load("adam", dict(learning_rate=0.01), Layout.flat(size=N), asynchronous=asynchronous, spare_counts=True)
 
@@ -230,27 +233,7 @@ def test_threads_sharing_a_module_keep_their_own_counts(modules, asynchronous):
         return np.asarray(params.numpy()), opt.step_count(state)
 
     sequential = [loop(0), loop(1)]
-    got, errors = [None, None], []
-    barrier = threading.Barrier(2)
-
-    def run(k):
-        try:
-            barrier.wait()
-            got[k] = loop(k)
-        except BaseException as e:  # surfaced below
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        sys.setswitchinterval(interval)
-    assert not errors, errors
+    got = race(loop)
     for (a, ca), (b, cb) in zip(sequential, got, strict=True):
         np.testing.assert_array_equal(a, b)
         assert ca == cb
@@ -261,9 +244,7 @@ def test_a_loop_that_sets_hyperparameters_and_mixes_update_with_step_steps_alike
     """The two-phase steady state meets a state changed in place (a learning rate set between
     steps), ``update`` (whose count stays in place) and a schedule read from the count: the same
     numbers as the module without spare counts."""
-    rng = np.random.default_rng(11)
-    p0 = rng.standard_normal(N).astype(np.float32)
-    gs = [rng.standard_normal(N).astype(np.float32) for _ in range(2)]
+    p0, gs = _vectors(11, 2)
     lay = Layout.flat(size=N)
     got = {}
     for spares in (False, True):

@@ -434,8 +434,8 @@ ORDERS = ("fences", "stream")
 # drivers that run a module's submissions in the order they are made, each after the one before:
 # IREE's CUDA HAL issues every submission that waits for nothing onto its one CUstream at once
 # (IREE 3.13; an H100 ran 1000 Adam steps this way bit-identical to fence-chained ones,
-# docs/performance.md, fourteenth pass); local-sync runs each call to the end on the caller's
-# thread. local-task, Vulkan and HIP may finish them out of order.
+# docs/performance.md, fourteenth pass; but see STREAM_CHECKED_IREE); local-sync runs each call to
+# the end on the caller's thread. local-task, Vulkan and HIP may finish them out of order.
 STREAM_ORDERED_DRIVERS = ("cuda", "local-sync")
 # IREE runtime versions whose CUDA HAL was checked to work so (order=None picks "stream" there).
 # None since the seventeenth pass: on an H200 with IREE 3.13.0 a stream-ordered Adam loop failed

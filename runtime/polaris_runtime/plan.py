@@ -268,16 +268,22 @@ class _CallPlan:
             else:
                 pieces.append((g, None, None))
         self.lean = tuple(pieces)
-        self.lean_refs = {g: (self.last[g], [a._buffer_view.ref for a in self.last[g]]) for g in self.checked}
+        self._prepare_steady()
         self.templates = {}
         for g, specs, dims, _, _, dtypes in self.outputs:
             if g in self.trusted:
                 t = Tree._of_views(g, specs, given[self.inputs.index(g)], dtypes, self.mod, dims)
                 self.templates[g] = dict(vars(t))
         self.fresh = tuple((lo, hi) for g, _, _, lo, hi, _ in self.outputs if g not in self.trusted)
+        self.fast = self._make_fast_step()
+
+    def _prepare_steady(self) -> None:
+        """What every steady state uses (:meth:`_make_lean`, :meth:`_make_pingpong_step`): the
+        checked groups' argument refs, the plan's result list and, for a synchronous module, the
+        VM context's invoke."""
+        self.lean_refs = {g: (self.last[g], [a._buffer_view.ref for a in self.last[g]]) for g in self.checked}
         self.ret = rt.VmVariantList(self.call.n_out)  # IREE empties a result list before filling it
         self.invoke = self.mod._context.vm_context.invoke if self.mod._sem is None else None
-        self.fast = self._make_fast_step()
 
     def _checked_refs(self, g: str, value) -> list | None:
         """The argument refs of a group checked per call (the gradients), or None where the
@@ -469,10 +475,8 @@ class _CallPlan:
         phase = [1]  # the state just returned is S1
         p_refs = [bv.ref for bv in p0]
         p_tmpl = dict(vars(Tree._of_views("params", p_specs, p0, p_dt, mod, p_dims)))
-        self.lean_refs = {g: (self.last[g], [a._buffer_view.ref for a in self.last[g]]) for g in self.checked}
+        self._prepare_steady()
         self.fresh = ()
-        self.ret = rt.VmVariantList(self.call.n_out)
-        self.invoke = mod._context.vm_context.invoke if mod._sem is None else None
         plan, trusted, steady, new = self, self.trusted, self._steady_grads, Tree.__new__
 
         def fast(params, grads, state, segments):
