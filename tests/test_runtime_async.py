@@ -112,6 +112,22 @@ def test_results_are_finished_before_they_are_read(modules):
         np.testing.assert_array_equal(got, np.full(BIG, want, np.float32), err_msg=reader)
 
 
+def test_init_while_steps_are_queued_keeps_the_timeline(modules):
+    """IREE lowers an async ``init`` (it reads no argument's values) without waiting for its wait
+    fence: called while steps were still queued, it signalled first, and the module's timeline
+    failed ("semaphore already signaled past"). The runtime waits for the queued calls first."""
+    adam = modules.load("adam", dict(learning_rate=0.01), device="local-task", asynchronous=True)
+    p = np.linspace(-1, 1, BIG, dtype=np.float32)
+    g = [dev.upload(adam.device, np.full(BIG, 0.1, np.float32))]
+    q, s = p, adam.init(p)
+    for _ in range(20):
+        q, s = adam.step(q, g, s)
+    fresh = adam.init(p)  # with 20 steps in flight
+    q, s = adam.step(q, g, s)
+    assert adam.step_count(s) == 21 and adam.step_count(fresh) == 0
+    assert np.isfinite(q.numpy()).all()
+
+
 def test_checkpoints_of_an_async_module(pair, tmp_path):
     _, asy = pair
     p0 = np.linspace(0, 1, N, dtype=np.float32)

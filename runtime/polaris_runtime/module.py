@@ -361,6 +361,11 @@ class Module:
             # cannot pass fences, a transient buffer or spares: upload host arrays here, so the direct call takes them
             args = [a if isinstance(a, rt.DeviceArray) else dev.upload(self.device, a) for a in args]
         with self._lock:
+            if fname in UNCHAINED_EXPORTS and self._sem is not None:
+                # IREE drops the wait fence of an async export that reads none of its arguments'
+                # values (init: zeros shaped like params); its signal could then come before the
+                # earlier calls' and fail the module's timeline, so they are waited for first
+                self.wait()
             if direct is not None and all(isinstance(a, rt.DeviceArray) for a in args):
                 results = direct(self, args)
             else:
@@ -429,6 +434,12 @@ def _unblock(fences) -> None:
     except Exception:  # already signalled (or failed): nothing is left waiting on it
         pass
 
+
+# Exports whose async form does not wait for its wait fence: IREE 3.13 lowers an export that reads
+# none of its arguments' values (init only needs params' shapes) without the wait, so the runtime
+# waits for the module's earlier calls before calling one. Called while steps were still queued,
+# init signalled its value first and the timeline failed ("semaphore already signaled past").
+UNCHAINED_EXPORTS = frozenset({"init"})
 
 ORDERS = ("fences", "stream")
 # drivers that run a module's submissions in the order they are made, each after the one before:
