@@ -88,6 +88,8 @@ def c_header(manifest: Manifest, prefix: str = "polaris", source: str | None = N
         w(" * for the signal of the one before it). A wait fence that is already reached saves 15-25 us a")
         w(" * call on IREE 3.13's CUDA driver, but such a loop failed once on an H200 (two completions")
         w(" * signalled out of order; polaris_runtime's order=\"stream\", no longer its default; docs/runtime.md).")
+        w(" * init does not wait for its wait fence (IREE drops it: init reads no argument's values):")
+        w(" * wait for the earlier calls' signal before calling it.")
     external = bool(m.target.get("external_transients"))
     if external:
         w(" * EXTERNAL_TRANSIENTS: update and step take one more argument after those listed (before")
