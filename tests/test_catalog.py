@@ -39,10 +39,38 @@ def test_entry_file_hash_and_embedded_manifest_agree_with_the_index(name):
     assert m.layout == "flat"
 
 
-def test_rebuild_is_byte_identical():
-    """`make artifacts` output is committed; a rebuild must reproduce it exactly."""
-    problems = catalog.check(ART, log=lambda *_: None)
+def _assert_rebuilds(only):
+    problems = catalog.check(ART, log=lambda *_: None, only=only)
     assert not problems, "catalog differs from a rebuild (run `make artifacts` and commit):\n" + "\n".join(problems)
+
+
+def test_rebuild_is_byte_identical():
+    """`make artifacts` output is committed; a rebuild must reproduce it exactly. `make test`
+    rebuilds every optimizer for x86_64 and adam for every platform; the slow test all 35."""
+    quick = catalog.quick_entries()
+    assert set(quick) < set(ENTRIES) and len(quick) == len(catalog.OPTIMIZERS) + len(catalog.PLATFORMS) - 1
+    _assert_rebuilds(quick)
+
+
+@pytest.mark.slow
+def test_every_entry_rebuilds_byte_identical():
+    _assert_rebuilds(None)
+
+
+def test_check_reports_an_entry_that_differs_and_refuses_unknown_names(tmp_path):
+    name, other = catalog.entry_file("sgd", "x86_64"), catalog.entry_file("lion", "x86_64")
+    entry = dict(ENTRIES[name])
+    (tmp_path / name).write_bytes((ART / other).read_bytes())  # another optimizer's code
+    entry["sha256"] = ENTRIES[other]["sha256"]
+    (tmp_path / "index.json").write_text(json.dumps({**INDEX, "entries": [entry]}))
+    problems = catalog.check(tmp_path, log=lambda *_: None, only=[name])
+    assert len(problems) == 1 and problems[0].startswith(f"{name}: rebuild differs (")
+    entry["sha256"] = "0" * 64  # the file no longer matches its index
+    (tmp_path / "index.json").write_text(json.dumps({**INDEX, "entries": [entry]}))
+    assert catalog.check(tmp_path, log=lambda *_: None, only=[name]) == [
+        f"{name}: the committed file does not match its index sha256"]
+    with pytest.raises(ValueError, match=r"only: \['adam-flat-f32-riscv.vmfb'\] are not catalog entries"):
+        catalog.check(tmp_path, only=["adam-flat-f32-riscv.vmfb"])
 
 
 def test_explain_names_what_changed():

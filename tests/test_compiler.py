@@ -142,7 +142,14 @@ def _vm_function(art, name: str) -> str:
     return body.split("vm.export", 1)[0]
 
 
-@pytest.mark.parametrize("name", registry.names())
+# The cases that once waited more than once (RAdam's and NovoGrad's scalar selects), a trust
+# ratio, factored moments and a random key; the other optimizers run in the slow suite.
+_WAITS_ONCE_FAST = ("adam", "radam", "novograd", "lamb", "adafactor", "noisy_sgd")
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=() if n in _WAITS_ONCE_FAST else pytest.mark.slow) for n in registry.names()]
+)
 def test_step_waits_for_the_device_once(modules, name):
     """One queue submission and one fence wait per step: scalar work (bias corrections, step
     counts, schedules, scalar predicates) stays on the device. ``jax.lax.optimization_barrier``

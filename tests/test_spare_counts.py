@@ -171,7 +171,7 @@ def test_the_cli_compiles_and_inspects_them(tmp_path):
 
 
 TREE = {"w": (3, 4), "b": (4,), "sub": {"k": (2, 3, 2)}}
-FAST = ("lamb", "lion", "adafactor")  # a trust ratio, an anchored momentum, factored moments
+FAST = ("lamb", "lion")  # a trust ratio, an anchored momentum; the rest (Adafactor too) are slow
 
 
 def _tree_steps(opt, params, grads, steps=8):

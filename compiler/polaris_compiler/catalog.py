@@ -3,7 +3,8 @@
 ``python -m polaris_compiler.catalog build`` (``make artifacts``) rebuilds every entry;
 ``python -m polaris_compiler.catalog check`` rebuilds into a temporary folder and reports each
 entry whose bytes differ from the committed ones, and why (which manifest fields changed, or the
-same manifest with different code: the compiler's output changed). ``make test`` runs the check.
+same manifest with different code: the compiler's output changed). ``make test`` checks
+:func:`quick_entries`; ``make bench`` (the slow tests) checks every entry.
 
 Every entry is a flat module (one f32 vector of any length), so one file serves any model.
 The index (``artifacts/index.json``) records for each: file, sha256, optimizer, full options,
@@ -97,6 +98,13 @@ def build(out_dir: pathlib.Path = DEFAULT_DIR, only: list[str] | None = None, lo
     return index
 
 
+def quick_entries() -> list[str]:
+    """Every optimizer on one platform and one optimizer on every platform: a change of the
+    frontend's math reaches the first, a change of one platform's flags the second."""
+    first = next(iter(OPTIMIZERS))
+    return sorted({entry_file(o, "x86_64") for o in OPTIMIZERS} | {entry_file(first, p) for p in PLATFORMS})
+
+
 def load_index(d: pathlib.Path = DEFAULT_DIR) -> dict:
     return json.loads((d / "index.json").read_text())
 
@@ -131,12 +139,24 @@ def _manifest(path: pathlib.Path) -> dict | None:
         return None
 
 
-def check(committed: pathlib.Path = DEFAULT_DIR, log=print) -> list[str]:
-    """Rebuilds the catalog and returns one line per entry that is not byte-identical."""
+def check(committed: pathlib.Path = DEFAULT_DIR, log=print, only: list[str] | None = None) -> list[str]:
+    """Rebuilds the catalog and returns one line per entry that is not byte-identical.
+
+    ``only`` (entry file names) rebuilds and compares those entries alone: ``make test`` checks
+    a subset that every change of the frontend or of a platform's flags reaches
+    (:func:`quick_entries`), ``make bench`` and ``python -m polaris_compiler.catalog check`` all.
+    """
     old = {e["file"]: e for e in load_index(committed)["entries"]}
+    if only is not None:
+        unknown = sorted(set(only) - {entry_file(o, p) for o in OPTIMIZERS for p in PLATFORMS})
+        if unknown:
+            raise ValueError(f"only: {unknown} are not catalog entries; entries are named like "
+                             f"{entry_file('adam', 'cuda')!r} (optimizers {list(OPTIMIZERS)}, "
+                             f"platforms {list(PLATFORMS)})")
+        old = {k: v for k, v in old.items() if k in only}
     problems = []
     with tempfile.TemporaryDirectory() as tmp:
-        new_index = build(pathlib.Path(tmp), log=lambda *_: None)
+        new_index = build(pathlib.Path(tmp), only=only, log=lambda *_: None)
         new = {e["file"]: e for e in new_index["entries"]}
         rebuilt = {name: _manifest(pathlib.Path(tmp) / name) for name, e in new.items()
                    if name in old and e["sha256"] != old[name]["sha256"]}

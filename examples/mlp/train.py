@@ -50,6 +50,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--device", default=None, help="IREE driver (default: the module's own)")
+    ap.add_argument("--learning-rate", type=float, default=None,
+                    help="start from this learning rate instead of the compiled one (set in the state: no recompile)")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
     assert "jax" not in {m for m in sys.modules if sys.modules[m] is not None}
@@ -67,6 +69,9 @@ def main() -> int:
 
     params = init_params(rng)
     state = opt.init(params)
+    if args.learning_rate is not None:
+        opt.set_hyperparameter(state, "learning_rate", args.learning_rate)
+        print(f"learning rate set to {args.learning_rate:g} (no recompile)")
     batch = model.manifest.group("x")[0].shape[0]  # sizes fixed at compile time, read from the module
     chunk = model.manifest.group("eval_x")[0].shape[0]
 
