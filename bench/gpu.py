@@ -21,8 +21,9 @@ Peers per optimizer and size (1e6, 1e7, 1e8 by default):
   ``polaris fixed async`` and ``polaris fixed padded async (N)``: the same, compiled with
   ``--async`` (on CUDA with the step's transient storage passed in), loaded with
   ``order="fences"`` (each call waits for the one before it); ``... async stream``: those loaded
-  with ``order="stream"`` (no call waits: the CUDA stream orders them; the runtime's default for
-  async modules on CUDA), after a check that many steps give the same parameters as ``"fences"``;
+  with ``order="stream"`` (no call waits: the CUDA stream orders them; since the eighteenth pass
+  each call signals a semaphore of a ring, docs/runtime.md), after a check that many steps with
+  three gradients in turn give the same parameters as ``"fences"``;
   ``iree-bare``: the flat module's ``step`` through IREE's
   FunctionInvoker;
 * ``torch fused`` / ``torch foreach``: ``torch.optim.Adam(fused=True)`` / ``(foreach=True)``
@@ -30,7 +31,7 @@ Peers per optimizer and size (1e6, 1e7, 1e8 by default):
 * ``jax.jit(optax)``: params and state donated (``XLA_PYTHON_CLIENT_PREALLOCATE=false`` so JAX
   does not take the GPU's memory from the other peers).
 
-Each sample is N steps followed by a device sync (IREE: a scalar of the state read back; torch:
+Each sample is N steps followed by a device sync (IREE: ``opt.wait()``; torch:
 ``torch.cuda.synchronize()``; JAX: ``block_until_ready``); peers are sampled round-robin; the
 median per-step time is reported with effective GB/s and the ratio to the floor (bytes / the
 device's copy bandwidth, measured with a 1 GiB torch copy) and to the best peer. Writes
@@ -74,28 +75,32 @@ def one_tensor_segments(opt, flat) -> dict:
     return {"segments": opt.upload_segments({"segment_ids": np.zeros(flat.size, np.int32)})}
 
 
-def run_steps(path, device: str, p: np.ndarray, g: np.ndarray, steps: int, order: str | None = None) -> tuple[np.ndarray, float]:
+def run_steps(path, device: str, p: np.ndarray, g: np.ndarray, steps: int, order: str | None = None,
+              turns: int = 1) -> tuple[np.ndarray, float]:
     """The flat module at ``path`` stepped ``steps`` times from ``p`` with the gradient ``g``:
-    ``(params as float64 on the host, seconds a step including the read-back)``."""
+    ``(params as float64 on the host, seconds a step including the read-back)``. ``turns=3``:
+    ``g``, ``-g / 2`` and ``2 g`` in turn, so that two steps run out of order change the result."""
     from polaris_runtime import device as dev
 
     opt = pr.load(path, device=device, order=order)
     kw = one_tensor_segments(opt, p)
-    s, q, gd = opt.init(p), p, [dev.upload(opt.device, g)]
+    s, q = opt.init(p), p
+    gd = [[dev.upload(opt.device, (g * f).astype(g.dtype))] for f in (1.0, -0.5, 2.0)[:turns]]
     t0 = time.perf_counter()
-    for _ in range(steps):
-        q, s = opt.step(q, gd, s, **kw)
+    for k in range(steps):
+        q, s = opt.step(q, gd[k % turns], s, **kw)
     out = np.asarray(q.numpy(), np.float64)
     return out, (time.perf_counter() - t0) / steps
 
 
 def stream_check(info: dict, path, device: str, p: np.ndarray, g: np.ndarray) -> None:
-    """``order="stream"`` against ``order="fences"``: the same module, the same start, many steps;
+    """``order="stream"`` against ``order="fences"``: the same module, the same start, many steps
+    with three gradients in turn;
     the largest difference of the parameters goes to ``info["notes"]`` (0 expected: same kernels)."""
     steps = 1000 if p.size <= 10**6 else 100 if p.size <= 10**7 else 20
     try:
-        ref, _ = run_steps(path, device, p, g, steps, order="fences")
-        got, _ = run_steps(path, device, p, g, steps, order="stream")
+        ref, _ = run_steps(path, device, p, g, steps, order="fences", turns=3)
+        got, _ = run_steps(path, device, p, g, steps, order="stream", turns=3)
         note = f"order='stream' vs 'fences', {pathlib.Path(path).name}, {steps} steps: max |diff| {float(np.abs(got - ref).max()):.1e}"
     except Exception as e:
         note = f"order='stream' check of {pathlib.Path(path).name} failed: {type(e).__name__}: {e}"[:300]

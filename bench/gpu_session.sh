@@ -7,9 +7,10 @@
 #               with carry = [".whl", ".gl", "out/gpu-check", "out/gpu-modules", "out/gpu-count"], timeout_s ~590
 # Writes everything to $R (/tmp/polaris-gpu) and packs it into $OUT/results.tgz, after every run
 # (the device tool returns at most 8 files; a cut-off session keeps what finished): check.log
-# (host facts first), count/count.{md,json} (bench/gpu_count_probe.py: Adam's step with its count
-# in two buffers, the product since the seventeenth pass, against the one before and the floor),
-# stress/stress.{md,json} (bench/gpu_stream_stress.py: how often order="stream" fails),
+# (host facts first), stress/stress.{md,json} (bench/gpu_stream_stress.py: how often each stream
+# order fails: the ring (eighteenth pass) and the one-semaphore order that failed, beside fences),
+# count/count.{md,json} (bench/gpu_count_probe.py: Adam's step with its count in two buffers, the
+# product since the seventeenth pass, against the one before and the floor),
 # check/gpu-check.{md,json} (correctness on local-task, cuda, vulkan),
 # bench.log, bench/<date>-<gpu>-gpu.{md,json} (timings vs torch, jax: every element-wise
 # optimizer's any-length, --size and --size --async modules, the stream-ordered async peers with
@@ -25,12 +26,13 @@ R=${R:-/tmp/polaris-gpu}
 mkdir -p "$OUT" "$R"
 pack() { tar czf "$OUT/results.tgz" -C "$R" . 2>/dev/null; }
 { nvidia-smi; python3 -c "import iree.runtime, numpy; print('iree', iree.runtime.__file__)"; } > "$R/check.log" 2>&1
-# the product's step (spare counts) against the one before and the floor with no count work, 3 sizes x 7 rows x 3 rounds: ~100 s
-timeout 130 python3 bench/gpu_count_probe.py run out/gpu-count --out "$R/count" > "$R/count.log" 2>&1
-echo "count probe exit $?" | tee -a "$R/count.log"; pack
-# the stream order under stress (it failed once, seventeenth pass): 4 trials of each order, 1e5 steps at 1000064, a process each: ~45 s
-timeout 90 python3 bench/gpu_stream_stress.py run out/gpu-count/adam-1000064-spare-counts.vmfb --out "$R/stress" --steps 100000 --trials 4 > "$R/stress.log" 2>&1
+# the stream order under stress (the one-semaphore order failed once, seventeenth pass; the ring
+# since the eighteenth): 4 trials of each of stream, fences, stream-1sem, 1e5 steps at 1000064, a process each: ~70 s
+timeout 120 python3 bench/gpu_stream_stress.py run out/gpu-count/adam-1000064-spare-counts.vmfb --out "$R/stress" --steps 100000 --trials 4 > "$R/stress.log" 2>&1
 echo "stress exit $?" | tee -a "$R/stress.log"; pack
+# the product's step (spare counts) against the one before and the floor with no count work, 3 sizes x 7 rows x 2 rounds: ~70 s
+timeout 100 python3 bench/gpu_count_probe.py run out/gpu-count --out "$R/count" --rounds 2 > "$R/count.log" 2>&1
+echo "count probe exit $?" | tee -a "$R/count.log"; pack
 timeout 150 python3 bench/gpu_check.py run out/gpu-check --out "$R/check" --timeout 45 >> "$R/check.log" 2>&1
 echo "gpu_check exit $?" | tee -a "$R/check.log"; pack
 # (Adam and SGD with momentum, --repeats 11: the sixteenth pass's 90 s for the count probe came
@@ -41,4 +43,4 @@ echo "gpu bench exit $?" | tee -a "$R/bench.log"; pack
 # the shipped catalog's CUDA modules against its x86_64 ones (bench/gpu_verify.py), into check.log
 timeout 40 python3 bench/gpu_verify.py --out /tmp/polaris-verify --device cuda >> "$R/check.log" 2>&1
 echo "catalog check exit $?" | tee -a "$R/check.log"; pack
-tail -n 40 "$R/count/count.md" "$R/stress/stress.md" "$R/check/gpu-check.md" "$R"/bench/*.md 2>/dev/null
+tail -n 40 "$R/stress/stress.md" "$R/count/count.md" "$R/check/gpu-check.md" "$R"/bench/*.md 2>/dev/null

@@ -6,9 +6,16 @@ allocation on the device failed. Since then the runtime's default is ``order="fe
 (docs/runtime.md, "Ordering"). Before any stream order comes back, this probe says how often the
 failure happens and whether the loops that do not fail step exactly like fence-chained ones.
 
+Three orders (eighteenth pass): ``fences``; ``stream``, the runtime's stream order since the
+eighteenth pass (a ring of ``STREAM_RING`` semaphores: no two queued calls signal one semaphore,
+so completions that come back out of order cannot fail a timeline); and ``stream-1sem``, the
+seventeenth pass's stream order that failed (every call signals the one semaphore; the probe sets
+it up on a stream-ordered module, :func:`_one_semaphore`), to see the failure's rate beside the
+ring's in the same session.
+
 Each trial is a process of its own (a failure leaves its device unusable): it loads one async
-module with the given order, runs ``--steps`` steps through the runtime (its steady-state plan),
-waits, and reports the step count, a checksum of the parameters, the first error and the time per
+module with the given order, runs ``--steps`` steps through the runtime with three gradients in
+turn (so that two calls run out of order change the result), waits, and reports the step count, a checksum of the parameters, the first error and the time per
 step. ``run`` alternates ``--trials`` trials of each order and writes ``stress.md``/``.json``:
 per order, how many trials failed and after how many calls, and whether every trial that finished
 got the fence-chained parameters bit for bit.
@@ -34,7 +41,23 @@ import numpy as np  # noqa: E402
 
 import _common as C  # noqa: E402
 
-ORDERS = ("stream", "fences")
+ORDERS = ("stream", "fences", "stream-1sem")
+
+
+def _one_semaphore(mod) -> None:
+    """Makes a stream-ordered module call as the seventeenth pass's stream order did: every call
+    waits for value 0 of the module's one semaphore and signals the next value, no throttle."""
+    import iree.runtime as rt
+
+    zero = rt.HalFence.create_at(mod._sem, 0)
+
+    def fences():
+        t = mod._tick
+        mod._tick = t + 1
+        return zero, rt.HalFence.create_at(mod._sem, t + 1)
+
+    mod._fences = fences
+    mod._ring = None  # wait(): value _tick of the one semaphore
 
 
 def one(path: pathlib.Path, device: str, order: str, steps: int) -> dict:
@@ -44,16 +67,21 @@ def one(path: pathlib.Path, device: str, order: str, steps: int) -> dict:
 
     out = {"order": order, "steps": steps, "done": 0}
     try:
-        opt = pr.load(path, device=device, order=order)
+        opt = pr.load(path, device=device, order="stream" if order == "stream-1sem" else order)
         out["order_used"] = opt.order
+        if order == "stream-1sem":
+            _one_semaphore(opt)
+            out["order_used"] += "-1sem"
         n = opt.manifest.params[0].shape[0]
         rng = np.random.default_rng(17)
         p = rng.standard_normal(n).astype(np.float32)
-        g = dev.upload(opt.device, (rng.standard_normal(n) * 1e-3).astype(np.float32))
+        # three gradients in turn: two calls that ran out of order would change the parameters
+        # (with one gradient, two swapped steps on the same in-place buffers would not)
+        g = [dev.upload(opt.device, (rng.standard_normal(n) * 1e-3).astype(np.float32)) for _ in range(3)]
         params, state = [dev.upload(opt.device, p)], opt.init(p)
         t0 = time.perf_counter()
         for k in range(steps):
-            params, state = opt.step(params, g, state)
+            params, state = opt.step(params, g[k % 3], state)
             out["done"] = k + 1
         opt.wait()
         out["seconds_per_step"] = (time.perf_counter() - t0) / steps
@@ -79,13 +107,14 @@ def _trial(path: pathlib.Path, device: str, order: str, steps: int, timeout: flo
     return json.loads(lines[-1])
 
 
-def run(path: pathlib.Path, out: pathlib.Path, device: str, steps: int, trials: int, timeout: float) -> int:
+def run(path: pathlib.Path, out: pathlib.Path, device: str, steps: int, trials: int, timeout: float,
+        orders: tuple[str, ...] = ORDERS) -> int:
     out.mkdir(parents=True, exist_ok=True)
     info = {"date": C.now(), "device": device, "module": path.name, "steps": steps, "trials": trials,
-            "versions": C.versions("iree-base-runtime", "numpy")}
+            "orders": list(orders), "versions": C.versions("iree-base-runtime", "numpy")}
     rows: list[dict] = []
     for t in range(trials):
-        for order in (ORDERS if t % 2 == 0 else ORDERS[::-1]):
+        for order in (orders if t % 2 == 0 else orders[::-1]):
             r = _trial(path, device, order, steps, timeout)
             r["trial"] = t
             rows.append(r)
@@ -131,6 +160,7 @@ def main(argv=None) -> int:
     r.add_argument("--steps", type=int, default=100_000)
     r.add_argument("--trials", type=int, default=4)
     r.add_argument("--timeout", type=float, default=60.0, help="seconds a trial may take")
+    r.add_argument("--orders", default=",".join(ORDERS), help=f"comma-separated, of {', '.join(ORDERS)}")
     o = sub.add_parser("one", help="one trial in this process (what run starts)")
     o.add_argument("module", type=pathlib.Path)
     o.add_argument("--device", default="cuda")
@@ -140,7 +170,10 @@ def main(argv=None) -> int:
     if a.cmd == "one":
         print(json.dumps(one(a.module, a.device, a.order, a.steps)))
         return 0
-    return run(a.module, a.out, a.device, a.steps, a.trials, a.timeout)
+    orders = tuple(a.orders.split(","))
+    if not orders or not set(orders) <= set(ORDERS) or "fences" not in orders:
+        ap.error(f"--orders {a.orders!r}: a comma-separated list of {', '.join(ORDERS)} that includes fences (the reference)")
+    return run(a.module, a.out, a.device, a.steps, a.trials, a.timeout, orders)
 
 
 if __name__ == "__main__":

@@ -285,15 +285,80 @@ def test_stream_order_steps_match_fenced_steps_bit_for_bit(streamed):
 
 
 def test_a_failed_call_under_stream_order_does_not_block_the_next(streamed):
+    from polaris_runtime.module import _unblock
+
     _, mod = streamed
     p0 = np.ones(N, np.float32)
     b, sb = p0, mod.init(p0)
     for _ in range(3):
         b, sb = mod.step(b, _grads(0), sb)
     with mod._lock:
+        t, ring = mod._tick, mod._ring
         fences = mod._fences()  # what a call takes just before IREE raises
-        assert fences[0] is mod._no_wait  # a stream-ordered call waits for nothing
-        mod._unblock(fences)
+        assert ring[t % len(ring)].query() == t // len(ring)  # its wait is met: it waits for nothing
+        _unblock(fences)
     mod.wait()
     b, sb = mod.step(b, _grads(1), sb)
     assert mod.step_count(sb) == 4
+
+
+def _ring_values(mod):
+    return [sem.query() for sem in mod._ring]
+
+
+def test_stream_order_signals_a_ring_of_semaphores_one_call_each(modules):
+    """Call k signals semaphore k % STREAM_RING of the module's ring with k // STREAM_RING + 1:
+    no two queued calls signal one semaphore, so completions that arrive out of order cannot
+    fail a timeline (seventeenth pass: "timeline already at 6427, cannot signal 6426")."""
+    from polaris_runtime.module import STREAM_RING
+
+    mod = pr.load(modules.path("adam", dict(learning_rate=0.02), asynchronous=True), device="local-sync", order="stream")
+    assert len(mod._ring) == STREAM_RING == 8 and len({id(s) for s in mod._ring}) == 8
+    p0 = np.ones(N, np.float32)
+    b, sb = p0, mod.init(p0)  # call 0
+    for k in range(1, 20):
+        b, sb = mod.step(b, _grads(k), sb)  # calls 1..19
+    mod.wait()
+    assert mod._tick == 20 and _ring_values(mod) == [3, 3, 3, 3, 2, 2, 2, 2]
+    assert mod.step_count(sb) == 19
+
+
+def test_stream_order_queues_a_call_only_once_the_last_call_on_its_semaphore_signalled(modules):
+    """The ring's throttle: with STREAM_RING calls queued and the oldest not finished, the next
+    call waits on the host for it; it goes on once that call signals, and a failure there is
+    reported as the device's, with nothing queued."""
+    import threading
+
+    from polaris_runtime.errors import ModuleError
+
+    mod = pr.load(modules.path("adam", dict(learning_rate=0.02), asynchronous=True), device="local-sync", order="stream")
+    n = len(mod._ring)
+    with mod._lock:
+        held = [mod._fences() for _ in range(n)]  # n calls queued that have not finished
+    got = []
+    worker = threading.Thread(target=lambda: got.append(mod._fences()))
+    worker.start()
+    worker.join(0.3)
+    assert worker.is_alive() and mod._tick == n  # waiting for call 0
+    for f in held[1:]:
+        f[1].signal()
+    worker.join(0.3)
+    assert worker.is_alive()  # calls 1..n-1 finishing does not free semaphore 0
+    held[0][1].signal()
+    worker.join(5)
+    assert not worker.is_alive() and mod._tick == n + 1
+    assert got[0][0] is not None and mod._ring[0].query() == 1
+    got[0][1].signal()
+    mod.wait()
+    # the oldest call failed on the device: the next call says so and queues nothing
+    with mod._lock:
+        held = [mod._fences() for _ in range(n)]
+    held[1][1].fail("injected device failure")  # the second oldest call
+    for f in held[2:] + held[:1]:
+        f[1].signal()
+    t = mod._tick
+    with mod._lock:
+        mod._fences()  # semaphore 0: its last call finished
+        with pytest.raises(ModuleError, match="failed on the device"):
+            mod._fences()
+    assert mod._tick == t + 1

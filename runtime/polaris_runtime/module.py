@@ -122,9 +122,14 @@ class Module:
             )
         self._sem = config.device.create_semaphore(0) if self._asynchronous else None
         self.order = resolve_order(order, self._asynchronous, driver, path)
-        # order="stream": every call waits for value 0 (reached at once) instead of the call before
-        # it; the driver's one queue orders them (load's docstring)
-        self._no_wait = rt.HalFence.create_at(self._sem, 0) if self.order == "stream" else None
+        # order="stream": no call waits for the one before it; the driver's one queue orders them
+        # (load's docstring). Call k signals semaphore k % STREAM_RING of this ring, and is queued
+        # only once call k - STREAM_RING (the last to signal that semaphore) has signalled: no two
+        # queued calls signal one semaphore, so their completions cannot signal it out of order.
+        self._ring = (
+            (self._sem, *(config.device.create_semaphore(0) for _ in range(STREAM_RING - 1)))
+            if self.order == "stream" else None
+        )
         # Functions compiled with externalized transients (CompileOptions.external_transients)
         # take their transient storage as a buffer after the arrays (before an async call's
         # fences): one per function, allocated here and passed to every call. Calls of a module
@@ -184,19 +189,43 @@ class Module:
         an earlier call is raised here, as :class:`ModuleError`."""
         if self._sem is None:
             return
+        t = self._tick
+        if self._ring is None:
+            done = rt.HalFence.create_at(self._sem, t)
+        else:  # the last call on each semaphore of the ring
+            n = len(self._ring)
+            done = rt.HalFence(n)
+            for k in range(max(0, t - n), t):
+                done.insert(self._ring[k % n], k // n + 1)
+        self._wait_for(done)
+
+    def _wait_for(self, fence) -> None:
         try:
-            rt.HalFence.create_at(self._sem, self._tick).wait()
+            fence.wait()
         except RuntimeError as e:
             raise ModuleError(f"a call queued on {self.driver} failed on the device: {e}") from None
 
     def _fences(self) -> tuple | None:
-        """(wait, signal) fences for the next call of an async module (call under ``_lock``)."""
+        """(wait, signal) fences for the next call of an async module (call under ``_lock``).
+        ``order="fences"``: call k waits for value k of the module's semaphore and signals k + 1.
+        ``order="stream"``: call k signals value k // n + 1 of semaphore k % n of the ring
+        (n = :data:`STREAM_RING`); its wait fence, value k // n of that semaphore (call k - n's
+        signal), is waited for here on the host when the device has not reached it yet, so
+        every call is queued with its wait already met and the driver issues it at once, in
+        order, and the ring's semaphores are each signalled in order."""
         if self._sem is None:
             return None
         t = self._tick
+        if self._ring is None:
+            fences = rt.HalFence.create_at(self._sem, t), rt.HalFence.create_at(self._sem, t + 1)
+        else:
+            n = len(self._ring)
+            sem, v = self._ring[t % n], t // n
+            fences = rt.HalFence.create_at(sem, v), rt.HalFence.create_at(sem, v + 1)
+            if v and not _reached(sem, v):  # n calls are queued: wait for the oldest
+                self._wait_for(fences[0])
         self._tick = t + 1
-        wait = self._no_wait if self._no_wait is not None else rt.HalFence.create_at(self._sem, t)
-        return wait, rt.HalFence.create_at(self._sem, t + 1)
+        return fences
 
     def _invoke(self, fname: str, function, args: rt.VmVariantList, ret: rt.VmVariantList) -> None:
         """Invokes ``function`` with ``args`` (call under ``_lock``): every direct call of an export
@@ -209,15 +238,8 @@ class Module:
         try:
             self._context.vm_context.invoke(function, args, ret)
         except IREE_ERRORS as e:
-            self._unblock(fences)
+            _unblock(fences)
             raise failed_inside_iree(fname, self.driver, e) from None
-
-    def _unblock(self, fences) -> None:
-        """:func:`_unblock` for this module's last fences (call under ``_lock``). With
-        ``order="stream"`` the call's wait fence is value 0, so the call before it is waited for."""
-        if fences is not None and self._no_wait is not None:
-            fences = (rt.HalFence.create_at(self._sem, self._tick - 1), fences[1])
-        _unblock(fences)
 
     @property
     def _built_for(self) -> str:
@@ -416,13 +438,22 @@ def _transient_buffer(vm_module: rt.VmModule, name: str, device, path: str):
     )
 
 
+def _reached(sem, value: int) -> bool:
+    """Whether ``sem`` has reached ``value`` (False where it failed: waiting says why)."""
+    try:
+        return sem.query() >= value
+    except RuntimeError:
+        return False
+
+
 def _unblock(fences) -> None:
     """After an async call that failed before it was queued: signal its fence, so that the
     module's next call (which waits for it) and :meth:`Module.wait` do not wait forever.
 
-    The calls queued before it must signal their values first: a timeline signalled past a value
-    fails the device's later signal of that value (IREE: "semaphore already signaled past"), so
-    this waits for the call's wait fence, then signals."""
+    The calls queued before it on the same semaphore must signal their values first: a timeline
+    signalled past a value fails the device's later signal of that value (IREE: "semaphore
+    already signaled past"), so this waits for the call's wait fence, then signals. (Under
+    ``order="stream"`` that fence is the last call on the same semaphore of the ring, already met.)"""
     if fences is None:
         return
     try:
@@ -443,7 +474,7 @@ UNCHAINED_EXPORTS = frozenset({"init"})
 
 ORDERS = ("fences", "stream")
 # drivers that run a module's submissions in the order they are made, each after the one before:
-# IREE's CUDA HAL issues every submission that waits for nothing onto its one CUstream at once
+# IREE's CUDA HAL issues every submission whose waits are met onto its one CUstream at once
 # (IREE 3.13; an H100 ran 1000 Adam steps this way bit-identical to fence-chained ones,
 # docs/performance.md, fourteenth pass; but see STREAM_CHECKED_IREE); local-sync runs each call to
 # the end on the caller's thread. local-task, Vulkan and HIP may finish them out of order.
@@ -455,6 +486,10 @@ STREAM_ORDERED_DRIVERS = ("cuda", "local-sync")
 # had run so on H100s and the H200 before, bit-identical to fence-chained ones; it is rare, not
 # impossible. order="stream" stays for those who ask (docs/performance.md, seventeenth pass).
 STREAM_CHECKED_IREE: tuple[str, ...] = ()
+# Semaphores in a stream-ordered module's ring (Module._fences): at most this many of its calls are
+# queued at once, each signalling a semaphore of its own. The seventeenth pass's stream order used
+# one semaphore for every call, and two completions signalled it out of order (above).
+STREAM_RING = 8
 
 
 def resolve_order(order: str | None, asynchronous: bool, driver: str, path: str = "this module", iree_version: str | None = None) -> str:
@@ -926,16 +961,18 @@ def load(path_or_bytes, device: str | None = None, *, order: str | None = None) 
         default: the driver for the module's own target.
       order: how the calls of a module compiled with ``--async`` are ordered on the device.
         ``"fences"``: each call waits for the one before it (a fence on one timeline semaphore),
-        what IREE promises. ``"stream"``: no call waits; the driver's queue orders them. Only
-        where the driver runs submissions in the order they are made (``cuda``, whose HAL has
-        one CUDA stream, and ``local-sync``): on an H100 an Adam step at 1e6 takes 23 us instead
-        of 55 us (torch fused 50-88 us; docs/performance.md, fourteenth pass); from 1e7 up the
-        kernel hides the difference. It relies on how IREE's CUDA HAL works, not on what it
-        promises, and on an H200 (IREE 3.13.0) a loop so ordered failed once after 6427 calls
-        (two completions signalled out of order; the device then refused every allocation:
-        seventeenth pass). ``None`` (default) picks it only for async modules on CUDA with an
-        IREE runtime checked to work so (:data:`STREAM_CHECKED_IREE`: none now), so
-        ``"fences"`` everywhere.
+        what IREE promises. ``"stream"``: no call waits for the one before it; the driver's
+        queue orders them. Only where the driver runs submissions in the order they are made
+        (``cuda``, whose HAL has one CUDA stream, and ``local-sync``): on an H100 an Adam step at
+        1e6 takes 23 us instead of 55 us (torch fused 50-88 us; docs/performance.md, fourteenth
+        pass); from 1e7 up the kernel hides the difference. It relies on how IREE's CUDA HAL
+        works, not on what it promises. On an H200 (IREE 3.13.0) a loop so ordered, every call
+        signalling one semaphore, failed once after 6427 calls (two completions signalled out of
+        order; the device then refused every allocation: seventeenth pass); since then the calls
+        signal a ring of :data:`STREAM_RING` semaphores, at most that many queued, none two on
+        one semaphore (docs/runtime.md, "Ordering"). ``None`` (default) picks it only for async
+        modules on CUDA with an IREE runtime checked to work so (:data:`STREAM_CHECKED_IREE`:
+        none now), so ``"fences"`` everywhere.
         ``Module.order`` says which one a module got.
 
     Returns:
