@@ -362,3 +362,31 @@ def test_stream_order_queues_a_call_only_once_the_last_call_on_its_semaphore_sig
         with pytest.raises(ModuleError, match="failed on the device"):
             mod._fences()
     assert mod._tick == t + 1
+
+
+def test_threads_sharing_a_stream_ordered_module_step_as_they_would_alone(streamed):
+    """Two loops on one stream-ordered module in two threads, the interpreter switching as often
+    as it can: the ring's tick, fences and throttle are taken under the module's lock, so each
+    loop gets the numbers it gets alone, and the ring ends where the calls say."""
+    from _threads import race
+
+    _, mod = streamed
+
+    def loop(k, steps=60):
+        p = np.linspace(-1, 1, N, dtype=np.float32) * (k + 1)
+        params, state = p, mod.init(p)
+        g = [dev.upload(mod.device, _grads(3 + k))]
+        for _ in range(steps + 5 * k):
+            params, state = mod.step(params, g, state)
+        return np.asarray(params.numpy()), mod.step_count(state)
+
+    sequential = [loop(0), loop(1)]
+    t0 = mod._tick
+    got = race(loop)
+    for (a, ca), (b, cb) in zip(sequential, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert ca == cb
+    mod.wait()
+    n, t = len(mod._ring), mod._tick
+    assert t == t0 + 2 + 60 + 65  # two inits and the steps
+    assert [s.query() for s in mod._ring] == [t // n + (i < t % n) for i in range(n)]
