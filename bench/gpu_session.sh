@@ -28,7 +28,7 @@ pack() { tar czf "$OUT/results.tgz" -C "$R" . 2>/dev/null; }
 { nvidia-smi; python3 -c "import iree.runtime, numpy; print('iree', iree.runtime.__file__)"; } > "$R/check.log" 2>&1
 # the stream order under stress (the one-semaphore order failed once, seventeenth pass; the ring
 # since the eighteenth): 4 trials of each of stream, fences, stream-1sem, 1e5 steps at 1000064, a process each: ~70 s
-timeout 120 python3 bench/gpu_stream_stress.py run out/gpu-count/adam-1000064-spare-counts.vmfb --out "$R/stress" --steps 100000 --trials 4 > "$R/stress.log" 2>&1
+timeout 120 python3 bench/gpu_stream_stress.py run out/gpu-count/adam-1000064-spare-counts.vmfb --out "$R/stress" --steps 100000 --trials 4 --timeout 25 > "$R/stress.log" 2>&1
 echo "stress exit $?" | tee -a "$R/stress.log"; pack
 # the product's step (spare counts) against the one before and the floor with no count work, 3 sizes x 7 rows x 2 rounds: ~70 s
 timeout 100 python3 bench/gpu_count_probe.py run out/gpu-count --out "$R/count" --rounds 2 > "$R/count.log" 2>&1
