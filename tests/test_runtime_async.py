@@ -314,6 +314,7 @@ def test_stream_order_signals_a_ring_of_semaphores_one_call_each(modules):
 
     mod = pr.load(modules.path("adam", dict(learning_rate=0.02), asynchronous=True), device="local-sync", order="stream")
     assert len(mod._ring) == STREAM_RING == 8 and len({id(s) for s in mod._ring}) == 8
+    mod.wait()  # nothing queued yet: returns at once
     p0 = np.ones(N, np.float32)
     b, sb = p0, mod.init(p0)  # call 0
     for k in range(1, 20):
