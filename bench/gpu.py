@@ -35,7 +35,7 @@ Each sample is N steps followed by a device sync (IREE: ``opt.wait()``; torch:
 ``torch.cuda.synchronize()``; JAX: ``block_until_ready``); peers are sampled round-robin; the
 median per-step time is reported with effective GB/s and the ratio to the floor (bytes / the
 device's copy bandwidth, measured with a 1 GiB torch copy) and to the best peer. Writes
-``<out>/<date>-<gpu>.md`` and ``.json``. ``--device local-task`` with modules built by
+``<out>/<date>-<gpu>.md`` and ``.json`` (and ``.png`` where matplotlib is: ``bench/plot.py``). ``--device local-task`` with modules built by
 ``build_gpu_modules.py --target llvm-cpu`` is a dry run of this script on a CPU.
 """
 
@@ -488,7 +488,14 @@ def main(argv=None) -> int:
         if tree and "gpt2" in peers:
             gpt2_group(args, info, index, opts, floor, on_gpu, results, key, path, tree, peers, have_torch_cuda)
     info["finished"] = C.now()
-    print(_report(args, info, index, opts, floor, on_gpu, results))
+    md = _report(args, info, index, opts, floor, on_gpu, results)
+    try:  # the device host may have no matplotlib: then bench/plot.py here, on the .json
+        import plot as P
+
+        P.plot({"info": info, "results": results}, md.with_suffix(".png"))
+    except (ImportError, ValueError) as e:
+        C.say(f"no plot ({e}); python bench/plot.py {md.with_suffix('.json')} where matplotlib is")
+    print(md)
     return 0
 
 

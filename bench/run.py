@@ -442,49 +442,15 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+# the CPU suite's colors (bench/plot.py gives other peers the palette's)
+COLORS = {"polaris": "C0", "polaris-fixed": "C4", "polaris-whole": "C5", "polaris-aligned": "C6", "polaris-aligned-any": "C7",
+          "polaris-async": "C3", "iree-bare": "C9", "optax": "C1", "numpy": "C2", "ort": "C8"}
+
+
 def plot(data: dict, path: pathlib.Path) -> None:
-    import matplotlib
+    import plot as P
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    results = [r for r in data["results"] if "step_s" in r]
-    opts = list(dict.fromkeys(r["optimizer"] for r in results))
-    floor = data["info"]["copy_bandwidth"]["floor_gbs"]
-    colors = {"polaris": "C0", "polaris-fixed": "C4", "polaris-whole": "C5", "polaris-aligned": "C6", "polaris-aligned-any": "C7", "polaris-async": "C3", "iree-bare": "C9", "optax": "C1", "numpy": "C2", "ort": "C8"}
-    many = [r for r in results if "gpt2" in r["layout"]]
-    ncols = len(opts) + (1 if many else 0)
-    fig, axes = plt.subplots(1, ncols, figsize=(3.4 * ncols, 3.6), squeeze=False)
-    for ax, opt in zip(axes[0], opts, strict=False):
-        rs = [r for r in results if r["optimizer"] == opt and "gpt2" not in r["layout"]]
-        for peer in PEERS:
-            pts = sorted((r["params"], r["gbs"]) for r in rs if r["peer"] == peer)
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=peer, color=colors[peer])
-        ax.axhline(floor, ls="--", color="gray", lw=1, label="copy bw")
-        ax.set_xscale("log")
-        ax.set_title(opt)
-        ax.set_xlabel("parameters (flat)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("effective GB/s (higher is better)")
-    axes[0][0].legend(fontsize=7)
-    if many:
-        ax = axes[0][-1]
-        groups = list(dict.fromkeys((r["optimizer"], r["form"]) for r in many))
-        width = 0.8 / len(PEERS)
-        for i, peer in enumerate(PEERS):
-            ys = [next((r["gbs"] for r in many if (r["optimizer"], r["form"]) == gk and r["peer"] == peer), 0) for gk in groups]
-            ax.bar(np.arange(len(groups)) + i * width, ys, width, color=colors[peer], label=peer)
-        ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
-        ax.set_xticklabels([f"{o}\n{f}" for o, f in groups], fontsize=6)
-        ax.axhline(floor, ls="--", color="gray", lw=1)
-        ax.set_title(many[0]["layout"].split()[0] + " (148 tensors)")
-        ax.grid(alpha=0.3, axis="y")
-    m = data["info"]["machine"]
-    fig.suptitle(f"optimizer step, {m['cpu']} ({m['cores']} cores), {data['info']['date']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    P.plot(data, path, peers=PEERS, colors=COLORS)
 
 
 def main(argv=None) -> int:

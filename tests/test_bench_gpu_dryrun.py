@@ -37,6 +37,7 @@ def test_the_gpu_scripts_dry_run_on_the_cpu(tmp_path):
     text = md.read_text()
     for peer in ("polaris fixed hoisted", "polaris fixed async", "polaris flat fixed", "polaris flat fixed async", "polaris tree"):
         assert f"| {peer} |" in text, text
+    assert md.with_suffix(".png").stat().st_size > 10_000  # bench/plot.py's figure of the run
     # order="stream" (no call waits for the one before it): local-sync runs calls in order, as CUDA does
     _run(BENCH / "gpu.py", "--modules", mods, "--out", out / "stream", "--device", "local-sync", "--sizes", "1e5",
          "--optimizers", "adam", "--peers", "polaris-fixed,polaris-stream", "--repeats", "3")
