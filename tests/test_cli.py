@@ -249,6 +249,28 @@ def test_cuda_modules_say_what_async_gains_and_take_its_defaults(runner, tmp_pat
     assert "external_transients" not in inspect_module(tmp_path / "b.vmfb").target
 
 
+def test_a_small_async_cpu_module_says_a_synchronous_one_is_faster(runner, tmp_path):
+    """On a CPU --async pays from about 3e5 parameters where synchronous modules run on
+    local-sync (2-core EPYC, Adam --size 1e4: 12.8 us sync, 27.2 us async); compile says so for
+    a module of fixed size below that, and not for larger, any-length or synchronous ones."""
+    from polaris_compiler.options import CPU_ASYNC_PAYS_FROM
+
+    def notes(*args):
+        res = runner.invoke(cli, ["compile", "adam", *args, "-o", str(tmp_path / "m.vmfb")])
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    want = "note: llvm-cpu: this async module steps 1024 parameters; on a CPU --async pays from about 300,000"
+    assert want in notes("--size", "1024", "--async")
+    assert CPU_ASYNC_PAYS_FROM == 300_000
+    assert "--async pays" not in notes("--size", str(CPU_ASYNC_PAYS_FROM), "--async")
+    assert "--async pays" not in notes("--async")  # any length: the size is the caller's
+    assert "--async pays" not in notes("--size", "1024")
+    layout = tmp_path / "small.json"
+    layout.write_text(json.dumps({"w": {"shape": [64, 16], "dtype": "float32"}, "b": {"shape": [16], "dtype": "float32"}}))
+    assert "this async module steps 1040 parameters" in notes("--layout", str(layout), "--async")
+
+
 def test_inspect_of_a_cuda_tree_module_notes_packing_and_reads_scalar_leaves(runner, tmp_path):
     """A tree module's first leaf may be a scalar; inspect names the packed --size module that
     runs element-wise optimizers faster on CUDA (H100, GPT-2 Adam 1.32 vs 2.29 ms)."""

@@ -346,7 +346,7 @@ def _compile_optimizer(
     transients = ("update", "step") if external else ()
     art = _finish(parts, manifest, options, flags, t0, aliases, transients)
     art.notes.extend(layout_notes(options, layout.kind, layout.size, layout.flat_dtype))
-    art.notes.extend(execution_notes(options))
+    art.notes.extend(execution_notes(options, layout.parameters))
     art.notes.extend(manifest.get("segments", {}).get("notes", []))
     return art
 

@@ -73,6 +73,14 @@ class Layout:
         return n if isinstance(n, int) else None
 
     @property
+    def parameters(self) -> int | None:
+        """How many parameters a module of this layout steps: a fixed flat length, or every
+        tree leaf's elements; ``None`` for a flat layout of any length."""
+        if self.kind == "flat":
+            return self.size
+        return sum(int(np.prod(leaf.shape, dtype=np.int64)) for leaf in jax.tree.leaves(self.tree))
+
+    @property
     def flat_dtype(self) -> str:
         """A flat layout's dtype name (``"float32"`` for tree layouts)."""
         return jnp.dtype(self.tree.dtype).name if self.kind == "flat" else "float32"

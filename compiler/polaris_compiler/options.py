@@ -214,8 +214,18 @@ def layout_notes(opts: CompileOptions, layout_kind: str, size: int | None, dtype
     return notes
 
 
-def execution_notes(opts: CompileOptions) -> list[str]:
-    """Notes on how calls run: a synchronous CUDA module waits for the GPU at the end of every
+# Below this many parameters an async module is slower than a synchronous one on a CPU whose
+# synchronous modules run on local-sync (2 cores or fewer: polaris_runtime.device.default_cpu_driver):
+# its calls go to local-task's worker threads, and the hand-off costs more than the overlap gains.
+# 2-core EPYC, Adam --size, through the runtime (docs/performance.md, eighteenth pass): sync on
+# local-sync / async on local-task 12.8 / 27.2 us at 1e4, 39.6 / 73.9 us at 1e5, 137 / 136 us at
+# 3e5, 927 / 499 us at 1e6.
+CPU_ASYNC_PAYS_FROM = 300_000
+
+
+def execution_notes(opts: CompileOptions, parameters: int | None = None) -> list[str]:
+    """Notes on how calls run. An async module of fewer than :data:`CPU_ASYNC_PAYS_FROM`
+    parameters for a CPU: slower than a synchronous one on small machines. A synchronous CUDA module waits for the GPU at the end of every
     call, so the host's issue time and the GPU's step add up; an async one (with its transient
     storage passed in, the default there) queues steps back to back. Measured on an H100
     through the runtime, Adam ``--size``, sync vs async (docs/performance.md, thirteenth and
@@ -224,6 +234,14 @@ def execution_notes(opts: CompileOptions) -> list[str]:
     Adam 49-88 us, 113-115 us, 1.08 ms). On an H200 with the runtime's default since the
     seventeenth pass (fence-chained calls) and spare counts: 1000064 61 -> 43 us, 1e7 124 -> 73
     us (torch fused 55 us, 81 us)."""
+    if opts.asynchronous and Target.LLVM_CPU in opts.targets and parameters is not None and parameters < CPU_ASYNC_PAYS_FROM:
+        return [
+            f"llvm-cpu: this async module steps {parameters} parameters; on a CPU --async pays from about "
+            f"{CPU_ASYNC_PAYS_FROM:,}: its calls go to local-task's worker threads, which costs more than the "
+            f"overlap gains where a synchronous module runs on local-sync (2 cores or fewer; 2-core EPYC, Adam "
+            f"--size: 1e4 12.8 us sync, 27.2 us async; 1e5 39.6 / 73.9 us; 1e6 927 / 499 us). On such a "
+            f"machine compile without --async (docs/runtime.md)"
+        ]
     if opts.asynchronous or not opts.cuda_only:
         return []
     return [
