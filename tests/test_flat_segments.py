@@ -92,7 +92,8 @@ def flat_state_vs_tree_state(flat_state: pr.Tree, tree_state: pr.Tree, packing: 
     return pairs
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# LARS and Fromage (per-tensor norms, like LAMB) in the slow suite
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in ("lars", "fromage") else c for c in CASES])
 def test_flat_module_with_segments_matches_tree_module(case):
     rng = np.random.default_rng(7)
     params = random_tree(rng, MODEL_A)

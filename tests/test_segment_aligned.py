@@ -167,7 +167,7 @@ def _assert_matches_eager(case, got_flat, packing, want):
     np.testing.assert_array_equal(np.asarray(got_flat)[pad], 0.0, err_msg=f"{case}: padding moved")
 
 
-@pytest.mark.parametrize("case", ["lamb", "lars", "fromage"])
+@pytest.mark.parametrize("case", ["lamb", *(pytest.param(c, marks=pytest.mark.slow) for c in ("lars", "fromage"))])  # the norms alike: two slow
 def test_aligned_module_steps_like_eager_jax_on_the_tree(case):
     """20 steps on MODEL_A (tensors of 12, 4 and 12 elements: all padded), against the transform
     run eagerly on the model's own tree; the padding stays zero."""

@@ -129,7 +129,8 @@ def test_choice_of_reduction():
 # -- compiled modules ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["lamb", "lars", "fromage", "adafactor"])
+# a trust ratio and factored moments here; LARS and Fromage (norms like LAMB's) in the slow suite
+@pytest.mark.parametrize("case", ["lamb", *(pytest.param(c, marks=pytest.mark.slow) for c in ("lars", "fromage")), "adafactor"])
 def test_tree_module_matches_the_tree_layout_module(case):
     """The fixed-size flat module with the tree reduction steps like the module compiled for the
     model's own tree layout (20 steps, params and state)."""

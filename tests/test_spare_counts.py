@@ -27,7 +27,7 @@ def test_the_default_is_on_for_async_cuda_modules_only():
     assert CompileOptions(spare_counts=True).resolved().spare_counts is True
 
 
-@pytest.mark.parametrize("name", ["adam", "lamb"])
+@pytest.mark.parametrize("name", ["adam", pytest.param("lamb", marks=pytest.mark.slow)])  # (LAMB's counter: also every_optimizer[lamb])
 def test_the_manifest_names_the_counters_and_needs_schema_4(modules, name):
     art = modules.artifact(name, dict(learning_rate=0.01), Layout.flat(size=N), spare_counts=True)
     step = art.manifest["functions"]["step"]
@@ -69,7 +69,8 @@ def _run(opt, p, grads, steps, interleave=None):
     return np.asarray(params.numpy()), opt.step_count(state), np.asarray(other[0].numpy()), opt.step_count(other[1]), counts
 
 
-@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+# async: where spare counts are on by default (CUDA); a synchronous module with them forced on is slow
+@pytest.mark.parametrize("asynchronous", [pytest.param(False, marks=pytest.mark.slow), True], ids=["sync", "async"])
 def test_steps_exactly_like_the_module_without_them(modules, asynchronous):
     p, grads = _vectors(7, 3)
     lay = Layout.flat(size=N)
