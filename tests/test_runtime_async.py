@@ -391,3 +391,34 @@ def test_threads_sharing_a_stream_ordered_module_step_as_they_would_alone(stream
     n, t = len(mod._ring), mod._tick
     assert t == t0 + 2 + 60 + 65  # two inits and the steps
     assert [s.query() for s in mod._ring] == [t // n + (i < t % n) for i in range(n)]
+
+
+def test_stream_order_serves_update_and_hyperparameters_like_fences(streamed):
+    """Every export goes through the ring, not only step: update, a learning rate set in the
+    state between calls, init of a second state while steps are queued, and steps give what the
+    fence-chained module gives, bit for bit."""
+    def host(x):
+        return np.asarray(x if isinstance(x, np.ndarray) else x.numpy())
+
+    out = []
+    for mod in streamed:
+        p0 = np.linspace(-1, 1, N, dtype=np.float32)
+        params, state = p0, mod.init(p0)
+        for k in range(12):
+            if k == 5:
+                mod.set_hyperparameter(state, "learning_rate", 0.005)
+            if k % 4 == 3:
+                u, state = mod.update(_grads(k), state, params)
+                params = host(params) + host(u)
+            else:
+                params, state = mod.step(params, _grads(k), state)
+            if k == 7:
+                other = mod.init(p0)  # waits for the queued calls first (UNCHAINED_EXPORTS)
+        mod.wait()
+        out.append((host(params), [np.asarray(x) for x in state.leaves()], mod.get_hyperparameter(state, "learning_rate"),
+                    mod.step_count(other)))
+    (a, sa, lra, ca), (b, sb, lrb, cb) = out
+    np.testing.assert_array_equal(a, b)
+    for x, y in zip(sa, sb, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert lra == lrb == pytest.approx(0.005) and ca == cb == 0
