@@ -225,8 +225,9 @@ CPU_ASYNC_PAYS_FROM = 300_000
 
 def execution_notes(opts: CompileOptions, parameters: int | None = None) -> list[str]:
     """Notes on how calls run. An async module of fewer than :data:`CPU_ASYNC_PAYS_FROM`
-    parameters for a CPU: slower than a synchronous one on small machines. A synchronous CUDA module waits for the GPU at the end of every
-    call, so the host's issue time and the GPU's step add up; an async one (with its transient
+    parameters for a CPU: slower than a synchronous one on small machines. A synchronous CUDA
+    module waits for the GPU at the end of every call, so the host's issue time and the GPU's
+    step add up; an async one (with its transient
     storage passed in, the default there) queues steps back to back. Measured on an H100
     through the runtime, Adam ``--size``, sync vs async (docs/performance.md, thirteenth and
     fourteenth passes; async calls ordered by the CUDA stream): 1000064 56-67 -> 22-23 us, 1e7

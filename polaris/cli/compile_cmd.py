@@ -210,7 +210,7 @@ def compile_cmd(name, options, target, layout, dtype, size, output, cpu, cpu_tri
     )
     from polaris_compiler.options import execution_notes, layout_notes
 
-    notes = [*copts.notes(), *layout_notes(copts, lay.kind, lay.size, lay.flat_dtype), *execution_notes(copts)]
+    notes = [*copts.notes(), *layout_notes(copts, lay.kind, lay.size, lay.flat_dtype), *execution_notes(copts, lay.parameters)]
     for note in notes:
         _say(f"note: {note}")
     full = {} if grouped else {**spec.defaults(), **opts}
