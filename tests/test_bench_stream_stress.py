@@ -77,3 +77,26 @@ def test_a_failing_trial_is_counted_with_its_error(module, tmp_path):
     assert "| stream | 1 | 1 | 0 | 0 of 0 |" in md and "order='stream' needs a driver" in md
     assert "| stream-1sem | 1 | 1 | 0 | 0 of 0 |" in md and "| fences | 1 | 0 |  | 1 of 1 |" in md
     assert res.returncode == 0  # the fence-chained trial finished: the failure is a result, not the probe's
+
+
+# the device host has the IREE runtime and numpy but no polaris package: the trials, processes of
+# their own, must find polaris_runtime in the checkout (the nineteenth pass's first stress run
+# lost every trial to "No module named 'polaris_runtime'")
+_BARE = """
+import runpy, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "polaris" not in getattr(f, "__module__", "")]  # the editable installs
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_trial_finds_the_runtime_in_a_bare_checkout(module, tmp_path):
+    blocked = subprocess.run([sys.executable, "-c", _BARE.replace("runpy.run_path(sys.argv[0], run_name=\"__main__\")", "import polaris_runtime")],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert "No module named 'polaris_runtime'" in blocked.stderr  # the wrapper does hide the installed runtime
+    res = subprocess.run([sys.executable, "-c", _BARE, str(BENCH / "gpu_stream_stress.py"), "one", str(module),
+                          "--device", "local-sync", "--order", "fences", "--steps", "5"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out.get("error") is None and out["done"] == 5 and out["count"] == 5, out
