@@ -130,6 +130,7 @@ class Module:
             (self._sem, *(config.device.create_semaphore(0) for _ in range(STREAM_RING - 1)))
             if self.order == "stream" else None
         )
+        self._ahead = FENCES_AHEAD.get(driver.split("://")[0], FENCES_AHEAD_DEFAULT)  # order="fences"
         # Functions compiled with externalized transients (CompileOptions.external_transients)
         # take their transient storage as a buffer after the arrays (before an async call's
         # fences): one per function, allocated here and passed to every call. Calls of a module
@@ -208,16 +209,25 @@ class Module:
     def _fences(self) -> tuple | None:
         """(wait, signal) fences for the next call of an async module (call under ``_lock``).
         ``order="fences"``: call k waits for value k of the module's semaphore and signals k + 1.
+        With ``limit`` calls unfinished (:data:`FENCES_AHEAD`), the host waits here until no more
+        than ``resume - 1`` are before queuing call k: with no bound, the calls queued ahead made
+        each later call dearer and held memory (nineteenth pass: an H100 took 64 us a step over
+        2000 steps, 123 us over 10000, over 250 us over 100000; local-task 194 us over 2000 and
+        336 us over 20000, 20 KB a queued call).
         ``order="stream"``: call k signals value k // n + 1 of semaphore k % n of the ring
-        (n = :data:`STREAM_RING`); its wait fence, value k // n of that semaphore (call k - n's
-        signal), is waited for here on the host when the device has not reached it yet, so
-        every call is queued with its wait already met and the driver issues it at once, in
-        order, and the ring's semaphores are each signalled in order."""
+        (n = :data:`STREAM_RING`); its
+        wait fence, value k // n of that semaphore (call k - n's signal), is waited for here on
+        the host when the device has not reached it yet, so every call is queued with its wait
+        already met and the driver issues it at once, in order, and the ring's semaphores are
+        each signalled in order."""
         if self._sem is None:
             return None
         t = self._tick
         if self._ring is None:
             fences = rt.HalFence.create_at(self._sem, t), rt.HalFence.create_at(self._sem, t + 1)
+            limit, resume = self._ahead
+            if t >= limit and not _reached(self._sem, t - limit + 1):  # call t - limit unfinished
+                self._wait_for(rt.HalFence.create_at(self._sem, t - resume + 1))
         else:
             n = len(self._ring)
             sem, v = self._ring[t % n], t // n
@@ -480,16 +490,27 @@ ORDERS = ("fences", "stream")
 # the end on the caller's thread. local-task, Vulkan and HIP may finish them out of order.
 STREAM_ORDERED_DRIVERS = ("cuda", "local-sync")
 # IREE runtime versions whose CUDA HAL was checked to work so (order=None picks "stream" there).
-# None since the seventeenth pass: on an H200 with IREE 3.13.0 a stream-ordered Adam loop failed
-# after 6427 calls ("timeline already at 6427, cannot signal 6426": two calls' completions
-# signalled out of order), and the device refused every allocation after it. Thousands of calls
-# had run so on H100s and the H200 before, bit-identical to fence-chained ones; it is rare, not
-# impossible. order="stream" stays for those who ask (docs/performance.md, seventeenth pass).
-STREAM_CHECKED_IREE: tuple[str, ...] = ()
+# The seventeenth pass's stream order (one semaphore for every call) failed once on an H200 with
+# IREE 3.13.0 after 6427 calls ("timeline already at 6427, cannot signal 6426": two calls'
+# completions signalled out of order). The ring (STREAM_RING, eighteenth pass) queues no two calls
+# on one semaphore; on an H100 with IREE 3.13.0 (nineteenth pass) it ran 7 trials of 2000 to 100000
+# Adam steps with three gradients in turn without a failure, bit-identical to fence-chained ones
+# wherever both finished, at 20-25 us a step at 1M parameters against 48-123 us for fences.
+STREAM_CHECKED_IREE: tuple[str, ...] = ("3.13.",)
 # Semaphores in a stream-ordered module's ring (Module._fences): at most this many of its calls are
 # queued at once, each signalling a semaphore of its own. The seventeenth pass's stream order used
 # one semaphore for every call, and two completions signalled it out of order (above).
 STREAM_RING = 8
+# Under order="fences", (limit, resume) per driver: with `limit` calls of a module unfinished, the
+# host waits until `resume - 1` are before queuing the next (Module._fences). Unbounded, the calls
+# queued ahead made every later one dearer on CUDA (an H100, 1M Adam: 64 us a step over 2000 steps,
+# 123 us over 10000, over 250 us over 100000) and on local-task (194 us over 2000, 336 us over
+# 20000, and 20 KB of host memory a queued call). Bounded at 8 with a wait per call, the H100 took
+# 31-32 us at 1e4 and 1e5 steps (nineteenth pass). On local-task each wait costs (2 cores: 8, 8
+# took 420 us a step, 8, 4 297 us, 64, 32 186 us, unbounded 180-194 us over 3000 steps): there
+# the host waits seldom and long. Drivers not named (Vulkan, HIP) take the default: unmeasured.
+FENCES_AHEAD: dict[str, tuple[int, int]] = {"cuda": (STREAM_RING, STREAM_RING)}
+FENCES_AHEAD_DEFAULT = (64, 32)
 
 
 def resolve_order(order: str | None, asynchronous: bool, driver: str, path: str = "this module", iree_version: str | None = None) -> str:
