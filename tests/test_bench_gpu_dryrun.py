@@ -64,7 +64,7 @@ def test_the_gpu_check_dry_runs_on_the_cpu_and_writes_every_row(tmp_path):
     rows = json.loads((out / "gpu-check.json").read_text())["rows"]
     status = {(r["module"], r["n"], r["driver"]): r["status"] for r in rows}
     assert len(status) == 6 * 2 * 2
-    assert status["lamb", 20000000, "local-task"].startswith("skipped (n > 1e+07")
+    assert status["lamb", 20000000, "local-task"].startswith("skipped (n > 1e+06")
     assert all(s == "pass" for (m, n, d), s in status.items() if d == "local-task" and (m, n) != ("lamb", 20000000)), status
 
 

@@ -14,9 +14,11 @@ RUNS = re.findall(r"^timeout (\d+) python3 (bench/\S+\.py) (.*)$", SESSION, flag
 
 
 def test_the_runs_fit_one_device_command():
-    assert len(RUNS) == 5
-    assert sum(int(t) for t, _, _ in RUNS) <= 590  # the tool's 600 s a command, the packing after each run
-    assert [s for _, s, _ in RUNS][:2] == ["bench/gpu_stream_stress.py", "bench/gpu_count_probe.py"]  # the open questions first
+    assert len(RUNS) == 4
+    # a session has 900 s of device time, the machine's start (30 s to minutes) and a second
+    # command included: the runs and the packing after each leave room for both
+    assert sum(int(t) for t, _, _ in RUNS) <= 500
+    assert RUNS[0][1] == "bench/gpu_stream_stress.py"  # the open question first
     for _, script, _ in RUNS:
         assert (ROOT / script).is_file(), script
     assert subprocess.run(["bash", "-n", str(ROOT / "bench/gpu_session.sh")]).returncode == 0

@@ -89,6 +89,7 @@ def c_header(manifest: Manifest, prefix: str = "polaris", source: str | None = N
         w(" * call on IREE 3.13's CUDA driver, but a loop whose calls all signalled one semaphore failed")
         w(" * once on an H200 (two completions signalled out of order); polaris_runtime's order=\"stream\"")
         w(" * signals a ring of semaphores instead, no two queued calls on one (docs/runtime.md, \"Ordering\").")
+        w(" * Bound the calls queued ahead of the device: each made the later ones dearer (docs/abi.md).")
         w(" * init does not wait for its wait fence (IREE drops it: init reads no argument's values):")
         w(" * wait for the earlier calls' signal before calling it.")
     external = bool(m.target.get("external_transients"))

@@ -493,9 +493,10 @@ STREAM_ORDERED_DRIVERS = ("cuda", "local-sync")
 # The seventeenth pass's stream order (one semaphore for every call) failed once on an H200 with
 # IREE 3.13.0 after 6427 calls ("timeline already at 6427, cannot signal 6426": two calls'
 # completions signalled out of order). The ring (STREAM_RING, eighteenth pass) queues no two calls
-# on one semaphore; on an H100 with IREE 3.13.0 (nineteenth pass) it ran 7 trials of 2000 to 100000
-# Adam steps with three gradients in turn without a failure, bit-identical to fence-chained ones
-# wherever both finished, at 20-25 us a step at 1M parameters against 48-123 us for fences.
+# on one semaphore; on an H100 with IREE 3.13.0 (nineteenth pass) it ran 11 trials of 2000 to
+# 100000 Adam steps with three gradients in turn without a failure, bit-identical to fence-chained
+# ones wherever both ran (8 trials), at 20-25 us a step at 1M parameters against 31-32 us for
+# bounded fences (FENCES_AHEAD).
 STREAM_CHECKED_IREE: tuple[str, ...] = ("3.13.",)
 # Semaphores in a stream-ordered module's ring (Module._fences): at most this many of its calls are
 # queued at once, each signalling a semaphore of its own. The seventeenth pass's stream order used
@@ -991,9 +992,11 @@ def load(path_or_bytes, device: str | None = None, *, order: str | None = None) 
         signalling one semaphore, failed once after 6427 calls (two completions signalled out of
         order; the device then refused every allocation: seventeenth pass); since then the calls
         signal a ring of :data:`STREAM_RING` semaphores, at most that many queued, none two on
-        one semaphore (docs/runtime.md, "Ordering"). ``None`` (default) picks it only for async
+        one semaphore (docs/runtime.md, "Ordering"); an H100 ran 1e5-step loops so without a
+        failure, bit-identical to fences (nineteenth pass). ``None`` (default) picks it for async
         modules on CUDA with an IREE runtime checked to work so (:data:`STREAM_CHECKED_IREE`:
-        none now), so ``"fences"`` everywhere.
+        3.13), ``"fences"`` everywhere else. Under ``"fences"`` the host runs at most
+        :data:`FENCES_AHEAD` calls ahead of the device.
         ``Module.order`` says which one a module got.
 
     Returns:
