@@ -509,7 +509,8 @@ STREAM_RING = 8
 # 20000, and 20 KB of host memory a queued call). Bounded at 8 with a wait per call, the H100 took
 # 31-32 us at 1e4 and 1e5 steps (nineteenth pass). On local-task each wait costs (2 cores: 8, 8
 # took 420 us a step, 8, 4 297 us, 64, 32 186 us, unbounded 180-194 us over 3000 steps): there
-# the host waits seldom and long. Drivers not named (Vulkan, HIP) take the default: unmeasured.
+# the host waits seldom and long. Drivers not named take the default: Vulkan measured only on
+# lavapipe (where it cost nothing, and unbounded held 7 KB a queued call), HIP not at all.
 FENCES_AHEAD: dict[str, tuple[int, int]] = {"cuda": (STREAM_RING, STREAM_RING)}
 FENCES_AHEAD_DEFAULT = (64, 32)
 
