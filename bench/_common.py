@@ -1,7 +1,7 @@
 """Shared by the benchmarks: byte counts, layouts, timing, machine facts and report writing.
 
 Imports numpy and the standard library only, so ``bench/gpu.py`` can use it on a host that has
-no compiler and no frontend.
+no compiler and no frontend; puts this checkout's ``runtime/`` on the path for such a host.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ import numpy as np
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results"
+# polaris_runtime from this checkout where it is not installed: the GPU host has the IREE runtime
+# and numpy but no polaris package, and some benchmarks run trials in processes of their own
+if str(REPO / "runtime") not in sys.path:
+    sys.path.append(str(REPO / "runtime"))
 
 # Bytes one step must move per f32 parameter (the memory-traffic floor of a fused kernel).
 #   adam/adamw: read p, g, m, v; write p, m, v                       = 7 x 4 B

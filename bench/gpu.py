@@ -59,11 +59,7 @@ import numpy as np  # noqa: E402
 
 import _common as C  # noqa: E402
 
-try:
-    import polaris_runtime as pr  # noqa: E402
-except ImportError:  # a bare checkout on the GPU host
-    sys.path.insert(0, str(HERE.parent / "runtime"))
-    import polaris_runtime as pr  # noqa: E402
+import polaris_runtime as pr  # noqa: E402  (from this checkout on the GPU host: _common)
 
 
 # -- peers --------------------------------------------------------------------------------------

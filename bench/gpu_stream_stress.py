@@ -37,7 +37,6 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.append(str(HERE.parent / "runtime"))  # a bare checkout on the GPU host: the trials are processes of their own
 
 import numpy as np  # noqa: E402
 

@@ -215,11 +215,10 @@ class Module:
         2000 steps, 123 us over 10000, over 250 us over 100000; local-task 194 us over 2000 and
         336 us over 20000, 20 KB a queued call).
         ``order="stream"``: call k signals value k // n + 1 of semaphore k % n of the ring
-        (n = :data:`STREAM_RING`); its
-        wait fence, value k // n of that semaphore (call k - n's signal), is waited for here on
-        the host when the device has not reached it yet, so every call is queued with its wait
-        already met and the driver issues it at once, in order, and the ring's semaphores are
-        each signalled in order."""
+        (n = :data:`STREAM_RING`); its wait fence, value k // n of that semaphore (call k - n's
+        signal), is waited for here on the host when the device has not reached it yet, so every
+        call is queued with its wait already met and the driver issues it at once, in order, and
+        the ring's semaphores are each signalled in order."""
         if self._sem is None:
             return None
         t = self._tick
@@ -239,8 +238,8 @@ class Module:
 
     def _invoke(self, fname: str, function, args: rt.VmVariantList, ret: rt.VmVariantList) -> None:
         """Invokes ``function`` with ``args`` (call under ``_lock``): every direct call of an export
-        goes through here. For an async module the call's wait and signal fences are appended:
-        call k waits for value k of the module's semaphore and signals k + 1."""
+        goes through here. For an async module the call's wait and signal fences
+        (:meth:`_fences`) are appended."""
         fences = self._fences()
         if fences is not None:
             args.push_ref(fences[0])
